@@ -1,0 +1,29 @@
+"""Registry specifications: the registry scanning configuration, one row per entry."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+
+class RegistrySpec(Base):
+    __tablename__ = "registry_specs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Order in the configuration, as the user wrote it; PUT rewrites all positions.
+    position: Mapped[int] = mapped_column(Integer, index=True)
+    version: Mapped[str] = mapped_column(String(32), default="2")
+    # As written by the user, scheme included (``http://`` selects plain HTTP).
+    address: Mapped[str] = mapped_column(String(255))
+    # Host and port only: the registry's identity, whatever scheme was written.
+    registry_host: Mapped[str] = mapped_column(String(255), index=True)
+    repository: Mapped[str] = mapped_column(String(512), default="")
+    tag: Mapped[str] = mapped_column(String(255), default="")
+    excluded_repositories: Mapped[list[str]] = mapped_column(JSON, default=list)
+    excluded_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    credential_id: Mapped[str] = mapped_column(String(255), default="")
+    os: Mapped[str] = mapped_column(String(32), default="linux")
+    cap: Mapped[int] = mapped_column(Integer, default=5)
+    scanners: Mapped[int] = mapped_column(Integer, default=2)

@@ -1,0 +1,1 @@
+"""The `regscan` command and its settings."""

@@ -1,0 +1,64 @@
+"""One typed settings object, read from ``REGSCAN_*`` environment variables.
+
+Load it once with :func:`get_settings` and pass it on; nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REGSCAN_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///regscan.db",
+        description="SQLAlchemy URL; the default is a SQLite file in the working directory.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for the Celery broker, the regular-scan lock and the stop flags.",
+    )
+    admin_user: str = Field(default="admin", description="Name of the first admin user.")
+    admin_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the first admin. Required except in standalone mode.",
+    )
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
+
+    lock_ttl_seconds: float = Field(
+        default=30.0, description="TTL of the regular-scan lock; a dead holder frees it by then."
+    )
+    heartbeat_seconds: float = Field(
+        default=5.0, description="How often a running scan renews its lock and heartbeat."
+    )
+    reaper_seconds: float = Field(
+        default=10.0, description="How often workers look for scans whose heartbeat went stale."
+    )
+    ondemand_stale_seconds: float = Field(
+        default=600.0, description="An on-demand scan silent this long is retried or failed."
+    )
+    image_task_time_limit: int = Field(
+        default=600, description="Hard time limit of one image scan task, in seconds."
+    )
+    dispatch_batch: int = Field(
+        default=200, description="Discovered images written per transaction during discovery."
+    )
+
+    registry_connect_timeout: float = 5.0
+    registry_read_timeout: float = 30.0
+    registry_retries: int = Field(default=4, description="Retries on 429/5xx and lost connections.")
+    registry_backoff: float = Field(default=0.5, description="Base of the exponential backoff.")
+    registry_backoff_max: float = Field(default=30.0, description="Cap on one backoff sleep.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
