@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     ondemand_stale_seconds: float = Field(
         default=600.0, description="An on-demand scan silent this long is retried or failed."
     )
+    max_attempts: int = Field(
+        default=3, description="Times a scan is taken up again after its worker died."
+    )
+    stop_grace_seconds: float = Field(
+        default=30.0, description="How long a stopping scan waits for images in flight."
+    )
     image_task_time_limit: int = Field(
         default=600, description="Hard time limit of one image scan task, in seconds."
     )

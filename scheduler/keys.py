@@ -1,0 +1,45 @@
+"""Every Redis key regscan uses, with what it holds. Nothing else builds key names.
+
+=================================  =====================================================
+key                                holds
+=================================  =====================================================
+regscan:lock:regular-scan          redis-py Lock of the running regular scan; value is the
+                                   holder's random token; TTL ``lock_ttl_seconds``, renewed
+                                   by the holder's heartbeat. Contention: a second
+                                   orchestrator does not wait for it; it retries later.
+regscan:fence:regular-scan         counter; each lock acquisition takes the next value as
+                                   its fencing token, stored on the job row. Writes made
+                                   under an older token are refused by the database.
+regscan:lock:admission             redis-py Lock, TTL 10 s, held for the few milliseconds in
+                                   which a regular scan is admitted or the next waiting
+                                   one is started, so two API processes cannot both admit.
+regscan:stop:<job id>              "1" while a stop of that regular scan is asked for;
+                                   TTL one day. Checked before each enqueue and at each
+                                   image checkpoint.
+=================================  =====================================================
+
+Celery keeps its own keys (the queues below and ``unacked*``) in the same database.
+"""
+
+from __future__ import annotations
+
+REGULAR_LOCK = "regscan:lock:regular-scan"
+REGULAR_FENCE = "regscan:fence:regular-scan"
+ADMISSION_LOCK = "regscan:lock:admission"
+STOP_FLAG_TTL_SECONDS = 24 * 3600
+
+
+def stop_flag(job_id: int) -> str:
+    return f"regscan:stop:{job_id}"
+
+
+# Celery queues: a big sweep fills IMAGES, never ONDEMAND.
+QUEUE_REGULAR = "regscan.regular"
+QUEUE_IMAGES = "regscan.images"
+QUEUE_ONDEMAND = "regscan.ondemand"
+ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND)
+
+# Celery task names, so the scheduler can publish without importing the worker.
+TASK_REGULAR = "regscan.run_regular_scan"
+TASK_IMAGE = "regscan.scan_image"
+TASK_ONDEMAND = "regscan.scan_on_demand"

@@ -1,0 +1,98 @@
+"""Which images the registry scanning configuration covers.
+
+A specification names a registry (by host and port), a repository glob and a tag
+glob, minus exclusions. Blank or ``*`` means "all". Matching is case-sensitive
+glob matching (``fnmatch``), as repositories and tags are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from models import RegistrySpec
+from scanner.reference import RegistryAddress, parse_registry
+
+
+@dataclass(frozen=True)
+class Spec:
+    position: int
+    address: RegistryAddress
+    repository: str = ""
+    tag: str = ""
+    excluded_repositories: tuple[str, ...] = ()
+    excluded_tags: tuple[str, ...] = ()
+    credential_id: str = ""
+    os: str = "linux"
+    cap: int = 5
+    scanners: int = 2
+
+    @classmethod
+    def from_row(cls, row: RegistrySpec) -> Spec:
+        return cls(
+            position=row.position,
+            address=parse_registry(row.address),
+            repository=row.repository,
+            tag=row.tag,
+            excluded_repositories=tuple(row.excluded_repositories or ()),
+            excluded_tags=tuple(row.excluded_tags or ()),
+            credential_id=row.credential_id,
+            os=row.os,
+            cap=row.cap,
+            scanners=max(1, row.scanners),
+        )
+
+    @property
+    def lists_catalog(self) -> bool:
+        """True when the repository pattern needs the catalog to be expanded."""
+        return not self.repository or any(c in self.repository for c in "*?[")
+
+    def covers_repository(self, repository: str) -> bool:
+        return _matches(self.repository, repository) and not _any_match(
+            self.excluded_repositories, repository
+        )
+
+    def covers_tag(self, tag: str) -> bool:
+        return _matches(self.tag, tag) and not _any_match(self.excluded_tags, tag)
+
+    def covers(self, host: str, repository: str, tag: str) -> bool:
+        """A tag of "" (a digest-only reference) passes the tag filter."""
+        if host != self.address.host or not self.covers_repository(repository):
+            return False
+        return not tag or self.covers_tag(tag)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return pattern in ("", "*") or fnmatchcase(value, pattern)
+
+
+def _any_match(patterns: Iterable[str], value: str) -> bool:
+    return any(fnmatchcase(value, p) for p in patterns if p)
+
+
+def find_spec(specs: Iterable[Spec], host: str, repository: str, tag: str) -> Spec | None:
+    """The first specification, in configuration order, covering the image."""
+    return next((s for s in specs if s.covers(host, repository, tag)), None)
+
+
+def describe_miss(specs: list[Spec], host: str, repository: str, tag: str) -> str:
+    """Why no specification covers an image, in words a user can act on."""
+    name = f"{host}/{repository}" + (f":{tag}" if tag else "")
+    if not specs:
+        return (
+            f"{name} is outside the registry scope: no registry specification is configured. "
+            "Add one with PUT /api/v1/settings/registry."
+        )
+    same_registry = [s for s in specs if s.address.host == host]
+    if not same_registry:
+        known = ", ".join(sorted({s.address.host for s in specs}))
+        return (
+            f"{name} is outside the registry scope: registry {host} is not configured "
+            f"(configured: {known})."
+        )
+    return (
+        f"{name} is outside the registry scope: no specification for registry {host} "
+        "covers this repository and tag (check repository, tag and the exclusions in "
+        "GET /api/v1/settings/registry)."
+    )

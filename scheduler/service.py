@@ -1,0 +1,264 @@
+"""The one place that creates scan jobs and decides what may run when.
+
+Every entry point (API, schedules, push events) comes through :class:`Scheduler`:
+it checks scope, applies the one-regular-scan-at-a-time policy (refuse, or wait
+in line), commits the job row, and only then publishes the Celery task, so a
+worker never sees a job the database does not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from redis import Redis
+from redis.exceptions import LockError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import JobKind, JobStatus, RegistrySpec, ScanJob
+from models import services as svc
+from models.db import transaction
+from regscan.settings import Settings
+from scanner.reference import parse_registry
+from scheduler import keys
+from scheduler.errors import NoSpecifications, OutOfScope, ScanConflict
+from scheduler.scope import Spec, describe_miss, find_spec
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Sends a Celery task by name (``celery.Celery.send_task`` fits)."""
+
+    def send_task(self, name: str, args: Sequence[Any] = (), queue: str | None = None) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    registry: str
+    repo: str
+    tag: str = ""
+    digest: str = ""
+
+    def as_target(self) -> dict[str, str]:
+        return {
+            "registry": self.registry,
+            "repo": self.repo,
+            "tag": self.tag,
+            "digest": self.digest,
+        }
+
+
+def load_specs(session: Session) -> list[Spec]:
+    rows = session.scalars(select(RegistrySpec).order_by(RegistrySpec.position))
+    return [Spec.from_row(row) for row in rows]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        redis: Redis,
+        publisher: Publisher,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.redis = redis
+        self.publisher = publisher
+
+    # -- asking for scans ---------------------------------------------------------
+
+    def request_regular_all(self, requested_by: str, *, source: str = "api", wait: bool = False):
+        """A regular scan of every image in scope."""
+        with self.sessions() as session:
+            if not load_specs(session):
+                raise NoSpecifications(
+                    "no registry specification is configured, so there is nothing to scan; "
+                    "add one with PUT /api/v1/settings/registry"
+                )
+        return self._admit_regular(JobKind.REGULAR_ALL, requested_by, source, wait, None, None)
+
+    def request_regular_image(
+        self, ref: ImageRef, requested_by: str, *, source: str = "api", wait: bool = False
+    ) -> ScanJob:
+        """A regular scan of one image; it takes the regular-scan slot like a sweep."""
+        spec = self._scope_of(ref)
+        return self._admit_regular(JobKind.REGULAR_IMAGE, requested_by, source, wait, ref, spec)
+
+    def request_on_demand(self, ref: ImageRef, requested_by: str, *, source: str = "api"):
+        """An on-demand scan: never blocked by, and never blocking, a regular scan."""
+        spec = self._scope_of(ref)
+        with transaction(self.sessions) as session:
+            job = svc.create_job(
+                session,
+                kind=JobKind.ON_DEMAND,
+                requested_by=requested_by,
+                source=source,
+                target=ref.as_target(),
+            )
+            _add_target_item(session, job, spec, ref)
+        self.publisher.send_task(keys.TASK_ONDEMAND, args=[job.id], queue=keys.QUEUE_ONDEMAND)
+        log.info("job=%s kind=on-demand image=%s published", job.id, job.target_name)
+        return job
+
+    def _scope_of(self, ref: ImageRef) -> Spec:
+        host = parse_registry(ref.registry).host
+        with self.sessions() as session:
+            specs = load_specs(session)
+        spec = find_spec(specs, host, ref.repo, ref.tag)
+        if spec is None:
+            raise OutOfScope(describe_miss(specs, host, ref.repo, ref.tag))
+        return spec
+
+    def _admit_regular(
+        self,
+        kind: JobKind,
+        requested_by: str,
+        source: str,
+        wait: bool,
+        ref: ImageRef | None,
+        spec: Spec | None,
+    ) -> ScanJob:
+        with self._admission():
+            with transaction(self.sessions) as session:
+                active = svc.active_regular_jobs(session)
+                if active and not wait:
+                    first = active[0]
+                    raise ScanConflict(first.id, first.status.value, _describe(first))
+                job = svc.create_job(
+                    session,
+                    kind=kind,
+                    requested_by=requested_by,
+                    source=source,
+                    target=ref.as_target() if ref else None,
+                    wait=bool(active),
+                    publish_now=not active,
+                )
+                if ref is not None and spec is not None:
+                    _add_target_item(session, job, spec, ref)
+            if not active:
+                self._publish_regular(job.id)
+        return job
+
+    def _publish_regular(self, job_id: int) -> None:
+        self.publisher.send_task(keys.TASK_REGULAR, args=[job_id], queue=keys.QUEUE_REGULAR)
+        log.info("job=%s kind=regular published", job_id)
+
+    def _admission(self):
+        # Serialises "is a regular scan active? then admit" across API processes.
+        return self.redis.lock(keys.ADMISSION_LOCK, timeout=10, blocking_timeout=5)
+
+    # -- stopping and what follows -----------------------------------------------
+
+    def stop_regular(self) -> ScanJob | None:
+        """Ask the running regular scan to stop. Waiting scans stay in line."""
+        with transaction(self.sessions) as session:
+            running = [j for j in svc.active_regular_jobs(session) if j.published_at]
+            if not running:
+                return None
+            job = running[0]
+            self.redis.set(keys.stop_flag(job.id), "1", ex=keys.STOP_FLAG_TTL_SECONDS)
+            svc.request_stop(session, job.id)
+        log.info("job=%s stop requested", job.id)
+        with self.sessions() as session:
+            return session.get(ScanJob, job.id)
+
+    def start_next_waiting(self) -> int | None:
+        """Publish the oldest waiting regular scan if no regular scan holds the slot."""
+        try:
+            with self._admission():
+                with transaction(self.sessions) as session:
+                    active = svc.active_regular_jobs(session)
+                    if not active or any(j.published_at for j in active):
+                        return None
+                    job_id = active[0].id
+                    if not svc.mark_published(session, job_id):
+                        return None
+                self._publish_regular(job_id)
+                return job_id
+        except LockError:
+            # Contention: whoever holds the admission lock is admitting or starting a
+            # scan right now; the reaper looks again shortly.
+            return None
+
+    # -- finding work whose worker died ------------------------------------------------
+
+    def reap(self) -> list[int]:
+        """Re-publish scans whose worker went silent; return the ids handled."""
+        handled = self._reap_regular() + self._reap_on_demand()
+        self.start_next_waiting()
+        return handled
+
+    def _reap_regular(self) -> list[int]:
+        if self.redis.exists(keys.REGULAR_LOCK):
+            return []  # a live holder renews the lock; nothing is orphaned
+        stale = svc.older_than(self.settings.lock_ttl_seconds)
+        statuses = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STOPPING)
+        return self._republish(statuses, stale, JobKind.REGULAR_ALL, JobKind.REGULAR_IMAGE)
+
+    def _reap_on_demand(self) -> list[int]:
+        stale = svc.older_than(self.settings.ondemand_stale_seconds)
+        return self._republish((JobStatus.QUEUED, JobStatus.RUNNING), stale, JobKind.ON_DEMAND)
+
+    def _republish(self, statuses, stale, *kinds: JobKind) -> list[int]:
+        handled = []
+        with self.sessions() as session:
+            candidates = svc.stale_jobs(session, statuses, stale)
+        for job_id in candidates:
+            with transaction(self.sessions) as session:
+                job = session.get(ScanJob, job_id)
+                if job is None or job.kind not in kinds or job.published_at is None:
+                    continue
+                if not svc.touch_if_unchanged(session, job_id, job.heartbeat_at):
+                    continue
+                if job.attempts >= self.settings.max_attempts:
+                    reason = (
+                        f"worker lost {job.attempts} times (no heartbeat for "
+                        f"{self.settings.lock_ttl_seconds:g}s); giving up"
+                    )
+                    svc.finish_job(session, job_id, job.fencing_token, JobStatus.FAILED, reason)
+                    handled.append(job_id)
+                    continue
+            if job is None or job.status.is_final:
+                continue
+            task, queue = _task_for(job.kind)
+            self.publisher.send_task(task, args=[job_id], queue=queue)
+            log.warning("job=%s worker silent; republished attempt=%s", job_id, job.attempts + 1)
+            handled.append(job_id)
+        return handled
+
+
+def _task_for(kind: JobKind) -> tuple[str, str]:
+    if kind is JobKind.ON_DEMAND:
+        return keys.TASK_ONDEMAND, keys.QUEUE_ONDEMAND
+    return keys.TASK_REGULAR, keys.QUEUE_REGULAR
+
+
+def _describe(job: ScanJob) -> str:
+    what = f"image {job.target_name}" if job.target else "all images in scope"
+    return (
+        f"{what}, asked by {job.requested_by or 'unknown'} at {job.created_at:%Y-%m-%dT%H:%M:%SZ}"
+    )
+
+
+def _add_target_item(session: Session, job: ScanJob, spec: Spec, ref: ImageRef) -> None:
+    tag = ref.tag
+    svc.add_items(
+        session,
+        job.id,
+        [
+            {
+                "spec_position": spec.position,
+                "registry_url": spec.address.base_url,
+                "registry_host": spec.address.host,
+                "repository": ref.repo,
+                "tag": tag,
+                "digest": ref.digest,
+            }
+        ],
+    )
+    svc.set_total(session, job.id)
