@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
@@ -105,12 +105,17 @@ def claim_regular(session: Session, job_id: int, token: int) -> ScanJob | None:
         job.status = JobStatus.RUNNING
     # Items handed to the previous holder may be lost with it; they are redone under
     # this token, and whatever the old holder still writes is refused.
+    reset_in_flight(session, job_id)
+    return job
+
+
+def reset_in_flight(session: Session, job_id: int) -> None:
+    """Items queued or running go back to pending, to be handed out again."""
     session.execute(
         update(ImageScan)
         .where(ImageScan.job_id == job_id, ImageScan.status.in_(IN_FLIGHT))
         .values(status=ItemStatus.PENDING)
     )
-    return job
 
 
 def fence(session: Session, job_id: int, token: int | None) -> None:
@@ -243,15 +248,14 @@ def pending_by_spec(session: Session, job_id: int) -> dict[int, int]:
     return {pos: n for pos, n in session.execute(stmt).tuples()}
 
 
-def queue_items(session: Session, job_id: int, spec_position: int, limit: int, token: int | None):
+def queue_items(
+    session: Session, job_id: int, spec_position: int | None, limit: int, token: int | None
+) -> list[tuple[int, int]]:
     """Mark up to ``limit`` pending items queued; return their (id, attempt) pairs."""
     ids = session.scalars(
         select(ImageScan.id)
-        .where(
-            ImageScan.job_id == job_id,
-            ImageScan.spec_position == spec_position,
-            ImageScan.status == ItemStatus.PENDING,
-        )
+        .where(ImageScan.job_id == job_id, ImageScan.status == ItemStatus.PENDING)
+        .where(true() if spec_position is None else ImageScan.spec_position == spec_position)
         .order_by(ImageScan.id)
         .limit(limit)
     ).all()
@@ -282,13 +286,17 @@ def requeue_stuck_items(session: Session, job_id: int, older_than: datetime) -> 
     return session.execute(stmt).rowcount
 
 
-def claim_item(session: Session, item_id: int, token: int | None, attempt: int) -> ImageScan | None:
-    """Start an item, unless this message is stale (older attempt or older lease)."""
-    cond = [ImageScan.id == item_id, ImageScan.status == ItemStatus.QUEUED]
-    cond.append(ImageScan.attempts == attempt)
-    if token is not None:
-        cond.append(ImageScan.fence == token)
-    stmt = update(ImageScan).where(*cond).values(status=ItemStatus.RUNNING, started_at=utcnow())
+def claim_item(session: Session, item_id: int, attempt: int) -> ImageScan | None:
+    """Start an item, unless this message is stale (an older attempt of it)."""
+    stmt = (
+        update(ImageScan)
+        .where(
+            ImageScan.id == item_id,
+            ImageScan.status == ItemStatus.QUEUED,
+            ImageScan.attempts == attempt,
+        )
+        .values(status=ItemStatus.RUNNING, started_at=utcnow())
+    )
     if session.execute(stmt).rowcount != 1:
         return None
     return session.get(ImageScan, item_id, populate_existing=True)

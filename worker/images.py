@@ -1,0 +1,115 @@
+"""Scanning one image for a job: claim the item, ask the scanner, store what it found."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import ImageScan, ItemStatus, JobKind, JobStatus
+from models import services as svc
+from models.db import transaction
+from scanner.errors import ScanError, ScanStopped
+from scanner.images import PlatformImage, resolve_image
+from scheduler import keys
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Two scans of the same tag finishing at once collide on the "latest result"
+# index; the loser simply writes again on top of the winner.
+WRITE_TRIES = 3
+
+
+def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True) -> None:
+    """Scan one item of a job. A stale or duplicate message returns without effect."""
+    with transaction(rt.sessions) as session:
+        item = svc.claim_item(session, item_id, attempt)
+    if item is None:
+        log.info("image_scan=%s attempt=%s is stale; skipped", item_id, attempt)
+        return
+    checkpoint = _stop_checkpoint(rt, item.job_id) if stoppable else _no_checkpoint
+    try:
+        checkpoint()
+        images = _resolve(rt, item, checkpoint)
+    except ScanStopped:
+        _write(rt, item, attempt, ItemStatus.SKIPPED, None)
+    except ScanError as exc:
+        log.warning("image_scan=%s failed: %s", item.id, exc)
+        _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
+    else:
+        _write(rt, item, attempt, ItemStatus.DONE, images)
+
+
+def scan_on_demand(rt: Runtime, job_id: int) -> None:
+    """Run an on-demand job: its one image, with no stop checks (it cannot be stopped)."""
+    with transaction(rt.sessions) as session:
+        job = svc.start_job(session, job_id)
+        if job is None or job.kind is not JobKind.ON_DEMAND:
+            return
+        svc.reset_in_flight(session, job_id)
+        handed = svc.queue_items(session, job_id, None, 1, None)
+    for item_id, attempt in handed:
+        scan_item(rt, item_id, attempt, stoppable=False)
+    with transaction(rt.sessions) as session:
+        counts = svc.item_counts(session, job_id)
+        failed = counts.get(ItemStatus.FAILED, 0) > 0
+        svc.finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
+        if failed:
+            svc.append_job_error(session, job_id, _item_errors(session, job_id))
+
+
+def _resolve(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> list[PlatformImage]:
+    reference = item.digest or item.tag or "latest"
+    with rt.registry_client(item.registry_url) as client:
+        images = resolve_image(client, item.repository, reference, checkpoint=checkpoint)
+    if not images:
+        raise ScanError(f"{item.registry_host}/{item.repository}:{reference} has no platform image")
+    return images
+
+
+def _write(
+    rt: Runtime,
+    item: ImageScan,
+    attempt: int,
+    status: ItemStatus,
+    found: list[PlatformImage] | str | None,
+) -> None:
+    for _ in range(WRITE_TRIES):
+        try:
+            with transaction(rt.sessions) as session:
+                error = found if isinstance(found, str) else None
+                svc.finish_item(session, item, attempt, status, error)
+                if isinstance(found, list):
+                    tag_digest = found[0].index_digest or found[0].digest
+                    svc.record_results(session, item, found, tag_digest)
+                elif error is not None:
+                    svc.record_failure(session, item, error)
+            return
+        except IntegrityError:
+            continue
+        except svc.Fenced as exc:
+            log.warning("image_scan=%s result dropped: %s", item.id, exc)
+            return
+    raise RuntimeError(f"image_scan={item.id}: could not store its result")
+
+
+def _stop_checkpoint(rt: Runtime, job_id: int) -> Callable[[], None]:
+    flag = keys.stop_flag(job_id)
+
+    def checkpoint() -> None:
+        if rt.redis.exists(flag):
+            raise ScanStopped(f"scan {job_id} was stopped")
+
+    return checkpoint
+
+
+def _no_checkpoint() -> None:
+    return None
+
+
+def _item_errors(session: Session, job_id: int) -> str:
+    items = session.query(ImageScan).filter_by(job_id=job_id, status=ItemStatus.FAILED)
+    return "\n".join(f"{i.repository}:{i.tag or i.digest}: {i.error}" for i in items)

@@ -1,0 +1,66 @@
+"""The regular-scan lease: a redis-py Lock with a TTL, renewed by a heartbeat thread,
+plus a fencing token so a holder whose lease lapsed can no longer write as the owner."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from redis.exceptions import LockError
+
+from models import services as svc
+from models.db import transaction
+from scheduler import keys
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Lease:
+    def __init__(self, rt: Runtime, job_id: int) -> None:
+        self.rt = rt
+        self.job_id = job_id
+        self.token: int | None = None
+        self._lock = rt.redis.lock(
+            keys.REGULAR_LOCK, timeout=rt.settings.lock_ttl_seconds, thread_local=False
+        )
+        self._lost = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; on success, draw a new fencing token."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        self.token = int(self.rt.redis.incr(keys.REGULAR_FENCE))
+        return True
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.job_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.rt.settings.heartbeat_seconds):
+            try:
+                self._lock.reacquire()  # back to the full TTL
+                with transaction(self.rt.sessions) as session:
+                    svc.fence(session, self.job_id, self.token)
+            except (LockError, svc.Fenced) as exc:
+                log.error("job=%s lease lost: %s", self.job_id, exc)
+                self._lost.set()
+                return
+            except Exception:  # the database or Redis hiccuped; try again next beat
+                log.exception("job=%s heartbeat failed", self.job_id)
+
+    def release(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        # Expired or taken over: then there is nothing of ours to release.
+        with contextlib.suppress(LockError):
+            self._lock.release()

@@ -1,0 +1,204 @@
+"""Orchestration of one regular scan: discovery, bounded dispatch, stop, finish.
+
+The orchestrator runs while it holds the regular-scan lease. It writes every
+discovered image as a pending row first, then hands at most ``scanners`` images
+per specification to the image queue at a time, so the broker never holds a
+sweep's whole backlog. Stop is a Redis flag, checked before each hand-out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from models import ItemStatus, JobKind, JobStatus, ScanJob
+from models import services as svc
+from models.db import transaction
+from scanner.errors import ScanError
+from scanner.images import newest_first
+from scanner.registry import RegistryClient
+from scheduler import keys
+from scheduler.scope import Spec
+from scheduler.service import load_specs
+from worker.lease import Lease
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DONE = "done"
+BUSY = "busy"
+POLL_SECONDS = 0.2
+
+
+def run_regular_scan(rt: Runtime, job_id: int) -> str:
+    """Run (or resume) a regular scan. ``BUSY`` means: another scan holds the slot."""
+    with rt.sessions() as session:
+        job = session.get(ScanJob, job_id)
+    if job is None or job.status.is_final:
+        return DONE
+    lease = Lease(rt, job_id)
+    if not lease.acquire():
+        # A job that never started waits for the slot; a started one is either run
+        # by a live holder (this message is a duplicate) or will be handed over by
+        # the reaper once the holder's lock expires.
+        return BUSY if job.status is JobStatus.QUEUED else DONE
+    try:
+        with transaction(rt.sessions) as session:
+            claimed = svc.claim_regular(session, job_id, lease.token)
+        if claimed is None:
+            return DONE
+        log.info("job=%s started token=%s attempt=%s", job_id, lease.token, claimed.attempts)
+        lease.start_heartbeat()
+        Sweep(rt, claimed, lease).run()
+    except svc.Fenced as exc:
+        log.warning("job=%s gave up: %s", job_id, exc)
+    finally:
+        lease.release()
+    rt.scheduler.start_next_waiting()
+    return DONE
+
+
+class Sweep:
+    def __init__(self, rt: Runtime, job: ScanJob, lease: Lease) -> None:
+        self.rt = rt
+        self.job = job
+        self.lease = lease
+        self.token = lease.token
+        with rt.sessions() as session:
+            self.specs = load_specs(session)
+
+    def run(self) -> None:
+        if self.job.discovered_at is None and not self.stop_requested():
+            self.discover()
+        if self.stop_requested():
+            self.stop()
+        else:
+            self.dispatch()
+
+    def stop_requested(self) -> bool:
+        if self.lease.lost:
+            raise svc.Fenced(f"job {self.job.id}: lease lost")
+        return bool(self.rt.redis.exists(keys.stop_flag(self.job.id)))
+
+    # -- discovery ----------------------------------------------------------------
+
+    def discover(self) -> None:
+        batch: list[dict[str, Any]] = []
+        for spec in self.specs:
+            try:
+                for item in self._discover_spec(spec):
+                    batch.append(item)
+                    if len(batch) >= self.rt.settings.dispatch_batch:
+                        self._save(batch)
+                        batch = []
+            except ScanError as exc:
+                self._note(f"discovery in {spec.address.host}: {exc}")
+            if self.stop_requested():
+                break
+        self._save(batch, final=True)
+
+    def _discover_spec(self, spec: Spec) -> Iterator[dict[str, Any]]:
+        with self.rt.registry_client(spec.address.base_url) as client:
+            for repo in self._repositories(client, spec):
+                if self.stop_requested():
+                    return
+                for tag in self._tags(client, spec, repo):
+                    yield {
+                        "spec_position": spec.position,
+                        "registry_url": spec.address.base_url,
+                        "registry_host": spec.address.host,
+                        "repository": repo,
+                        "tag": tag,
+                        "digest": "",
+                    }
+
+    def _repositories(self, client: RegistryClient, spec: Spec) -> Iterator[str]:
+        if not spec.lists_catalog:
+            if spec.covers_repository(spec.repository):
+                yield spec.repository
+            return
+        yield from (r for r in client.catalog() if spec.covers_repository(r))
+
+    def _tags(self, client: RegistryClient, spec: Spec, repo: str) -> list[str]:
+        tags = [t for t in client.tags(repo) if spec.covers_tag(t)]
+        if spec.cap and len(tags) > spec.cap:
+            ordered = newest_first(client, repo, tags, checkpoint=self._checkpoint)
+            tags = [tag for tag, _created in ordered[: spec.cap]]
+        return tags
+
+    def _checkpoint(self) -> None:
+        if self.lease.lost:
+            raise svc.Fenced(f"job {self.job.id}: lease lost")
+
+    def _save(self, batch: list[dict[str, Any]], final: bool = False) -> None:
+        with transaction(self.rt.sessions) as session:
+            svc.fence(session, self.job.id, self.token)
+            svc.add_items(session, self.job.id, batch)
+            if final:
+                svc.set_total(session, self.job.id)
+
+    def _note(self, message: str) -> None:
+        log.warning("job=%s %s", self.job.id, message)
+        with transaction(self.rt.sessions) as session:
+            svc.fence(session, self.job.id, self.token)
+            svc.append_job_error(session, self.job.id, message)
+
+    # -- dispatch -----------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        stuck_after = self.rt.settings.image_task_time_limit + 60
+        while not self.stop_requested():
+            with transaction(self.rt.sessions) as session:
+                svc.fence(session, self.job.id, self.token)
+                svc.requeue_stuck_items(session, self.job.id, svc.older_than(stuck_after))
+                in_flight = svc.in_flight_by_spec(session, self.job.id)
+                pending = svc.pending_by_spec(session, self.job.id)
+                if not in_flight and not pending:
+                    self._finish(session, JobStatus.COMPLETED)
+                    return
+                handed = self._hand_out(session, in_flight, pending)
+            for item_id, attempt in handed:
+                self._publish(item_id, attempt)
+            time.sleep(POLL_SECONDS)
+        self.stop()
+
+    def _hand_out(
+        self, session: Any, in_flight: dict[int, int], pending: dict[int, int]
+    ) -> list[tuple[int, int]]:
+        scanners = {s.position: s.scanners for s in self.specs}
+        handed: list[tuple[int, int]] = []
+        for position in pending:
+            room = scanners.get(position, 1) - in_flight.get(position, 0)
+            if room > 0:
+                handed += svc.queue_items(session, self.job.id, position, room, self.token)
+        return handed
+
+    def _publish(self, item_id: int, attempt: int) -> None:
+        self.rt.scheduler.publisher.send_task(
+            keys.TASK_IMAGE, args=[item_id, attempt], queue=keys.QUEUE_IMAGES
+        )
+
+    # -- the end ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """No new images; images in flight end at their next checkpoint (bounded wait)."""
+        with transaction(self.rt.sessions) as session:
+            svc.fence(session, self.job.id, self.token)
+            svc.skip_items(session, self.job.id, [ItemStatus.PENDING])
+        deadline = time.monotonic() + self.rt.settings.stop_grace_seconds
+        while time.monotonic() < deadline and not self.lease.lost:
+            with self.rt.sessions() as session:
+                if not svc.in_flight_by_spec(session, self.job.id):
+                    break
+            time.sleep(POLL_SECONDS)
+        with transaction(self.rt.sessions) as session:
+            svc.skip_items(session, self.job.id, svc.IN_FLIGHT)
+            self._finish(session, JobStatus.STOPPED)
+        self.rt.redis.delete(keys.stop_flag(self.job.id))
+
+    def _finish(self, session: Any, status: JobStatus) -> None:
+        svc.finish_job(session, self.job.id, self.token, status)
+        kind = "all" if self.job.kind is JobKind.REGULAR_ALL else "image"
+        log.info("job=%s kind=regular-%s finished status=%s", self.job.id, kind, status.value)

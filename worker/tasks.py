@@ -1,0 +1,62 @@
+"""Celery tasks: thin wrappers that take ids, never ORM objects, and call plain functions."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from worker import images, regular
+from worker.app import app
+from worker.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="regscan.run_regular_scan", bind=True, max_retries=None)
+def run_regular_scan(self, job_id: int) -> None:
+    if regular.run_regular_scan(get_runtime(), job_id) == regular.BUSY:
+        # The slot is still held (the previous scan is finishing, or its dead
+        # holder's lock has not expired yet): try again in a while, with jitter.
+        ttl = get_runtime().settings.lock_ttl_seconds
+        raise self.retry(countdown=ttl / 3 * random.uniform(0.5, 1.5))
+
+
+@app.task(name="regscan.scan_image")
+def scan_image(item_id: int, attempt: int) -> None:
+    images.scan_item(get_runtime(), item_id, attempt)
+
+
+@app.task(name="regscan.scan_on_demand")
+def scan_on_demand(job_id: int) -> None:
+    images.scan_on_demand(get_runtime(), job_id)
+
+
+# -- the reaper: every worker looks for scans whose worker died ----------------------
+
+_reaper_stop = threading.Event()
+
+
+def _reap_forever() -> None:
+    rt = get_runtime()
+    while True:
+        try:
+            handled = rt.scheduler.reap()
+            if handled:
+                log.warning("reaper took up jobs %s", handled)
+        except Exception:
+            log.exception("reaper pass failed")
+        if _reaper_stop.wait(rt.settings.reaper_seconds):
+            return
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs: object) -> None:
+    threading.Thread(target=_reap_forever, name="reaper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_kwargs: object) -> None:
+    _reaper_stop.set()
