@@ -110,7 +110,10 @@ class ImageScan(Base):
     """One image reference a job has to scan: a tag or digest in a repository."""
 
     __tablename__ = "image_scans"
-    __table_args__ = (Index("ix_image_scans_job_id_status", "job_id", "status"),)
+    __table_args__ = (
+        Index("ix_image_scans_job_id_status", "job_id", "status"),
+        Index("ix_image_scans_image", "repository", "tag", "registry_host"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"))

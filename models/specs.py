@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import JSON, Integer, String, delete, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
 
@@ -27,3 +30,22 @@ class RegistrySpec(Base):
     os: Mapped[str] = mapped_column(String(32), default="linux")
     cap: Mapped[int] = mapped_column(Integer, default=5)
     scanners: Mapped[int] = mapped_column(Integer, default=2)
+
+
+def list_specs(session: Session) -> list[RegistrySpec]:
+    return list(session.scalars(select(RegistrySpec).order_by(RegistrySpec.position)))
+
+
+def replace_specs(session: Session, specs: Iterable[dict[str, Any]]) -> list[RegistrySpec]:
+    """The whole configuration is replaced, as PUT does."""
+    session.execute(delete(RegistrySpec))
+    return append_specs(session, specs)
+
+
+def append_specs(session: Session, specs: Iterable[dict[str, Any]]) -> list[RegistrySpec]:
+    last = session.scalar(select(func.max(RegistrySpec.position)))
+    start = -1 if last is None else last
+    rows = [RegistrySpec(position=start + 1 + i, **fields) for i, fields in enumerate(specs)]
+    session.add_all(rows)
+    session.flush()
+    return list_specs(session)

@@ -1,8 +1,8 @@
 """scan jobs, images, tags, results, specifications, users
 
-Revision ID: bb5e2f621395
+Revision ID: ad36885c0fcc
 Revises:
-Create Date: 2026-11-27 02:08:15.461271
+Create Date: 2026-11-27 02:13:48.476796
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import models.base
 
-revision: str = "bb5e2f621395"
+revision: str = "ad36885c0fcc"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -220,6 +220,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_image_scans")),
     )
     with op.batch_alter_table("image_scans", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_image_scans_image", ["repository", "tag", "registry_host"], unique=False
+        )
         batch_op.create_index("ix_image_scans_job_id_status", ["job_id", "status"], unique=False)
 
     op.create_table(
@@ -296,6 +299,7 @@ def downgrade() -> None:
     op.drop_table("scan_results")
     with op.batch_alter_table("image_scans", schema=None) as batch_op:
         batch_op.drop_index("ix_image_scans_job_id_status")
+        batch_op.drop_index("ix_image_scans_image")
 
     op.drop_table("image_scans")
     with op.batch_alter_table("auth_tokens", schema=None) as batch_op:

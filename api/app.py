@@ -1,0 +1,67 @@
+"""The HTTP API: the reference registry scan routes under ``/api/v<VERSION>``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from redis import Redis
+
+from api import errors, registry, settings
+from api.auth import Authenticator, ensure_admin
+from api.errors import ApiError
+from api.schemas import Credentials, parse_json_body
+from api.state import AppState, RawBody, State
+from models.db import make_engine, make_sessionmaker
+from regscan.settings import Settings
+from scheduler.service import Scheduler
+from worker.app import make_celery
+
+# "1", or a dotted release such as "22.06" or "34.04": any of them serves the same API.
+_VERSION = re.compile(r"\d+(?:\.\d+)?")
+
+
+def check_version(version: str) -> None:
+    if not _VERSION.fullmatch(version):
+        raise ApiError(
+            404,
+            f"unknown API version {version!r}: use /api/v1/... or a dotted version "
+            "such as /api/v34.04/...",
+        )
+
+
+def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
+    sessions = make_sessionmaker(make_engine(config.database_url))
+    redis = Redis.from_url(config.redis_url)
+    if scheduler is None:
+        scheduler = Scheduler(config, sessions, redis, make_celery(config))
+    password = config.admin_password.get_secret_value() if config.admin_password else None
+    ensure_admin(sessions, config.admin_user, password)
+
+    app = FastAPI(title="regscan", version="0.1.0")
+    app.state.regscan = AppState(
+        settings=config,
+        sessions=sessions,
+        redis=redis,
+        scheduler=scheduler,
+        auth=Authenticator(sessions, config.token_ttl_seconds),
+    )
+    errors.install(app)
+    versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
+    versioned.include_router(registry.router)
+    versioned.include_router(settings.router)
+    versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
+    versioned.add_api_route("/_ping", ping, methods=["GET"])
+    app.include_router(versioned)
+    return app
+
+
+def authenticate(state: State, body: RawBody) -> dict[str, Any]:
+    """``{"username", "password"}`` -> ``{"token"}``, a bearer token for later requests."""
+    creds = Credentials.model_validate(parse_json_body(body) or {})
+    return {"token": state.auth.issue_token(creds.username, creds.password)}
+
+
+def ping() -> str:
+    return "OK"

@@ -1,0 +1,74 @@
+"""Every error leaves the API as JSON ``{"err": "..."}`` with a message saying what to fix."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scheduler.errors import Busy, NoSpecifications, OutOfScope, ScanConflict
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def err(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"err": message}, status_code=status, headers=headers)
+
+
+def describe_validation(errors: list[dict]) -> str:
+    """One line per problem: where it is, and what is wrong with it."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
+        msg = e.get("msg", "invalid").removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown field; remove it (see the API reference for the accepted fields)"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return err(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint: check the path, e.g. /api/v1/registry"
+        if exc.status_code == 405:
+            message = "method not allowed on this endpoint"
+        return err(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return err(400, describe_validation(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_body(_request: Request, exc: ValidationError) -> JSONResponse:
+        return err(400, describe_validation(list(exc.errors())))
+
+    @app.exception_handler(ScanConflict)
+    async def _conflict(_request: Request, exc: ScanConflict) -> JSONResponse:
+        return err(409, str(exc))
+
+    @app.exception_handler(OutOfScope)
+    async def _out_of_scope(_request: Request, exc: OutOfScope) -> JSONResponse:
+        return err(403, str(exc))
+
+    @app.exception_handler(NoSpecifications)
+    async def _nothing(_request: Request, exc: NoSpecifications) -> JSONResponse:
+        return err(400, str(exc))
+
+    @app.exception_handler(Busy)
+    async def _busy(_request: Request, exc: Busy) -> JSONResponse:
+        return err(503, str(exc), {"Retry-After": "1"})

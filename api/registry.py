@@ -1,0 +1,205 @@
+"""The registry scan endpoints of the reference API: scan, stop, results, progress."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from api import views
+from api.errors import ApiError
+from api.schemas import ScanRequest, parse_json_body
+from api.state import RawBody, State, User
+from models import JobKind, ScanJob, queries
+from scanner.reference import parse_registry, validate_repository, validate_tag
+from scheduler.service import ImageRef
+
+router = APIRouter()
+
+
+@router.post("/registry/scan")
+def start_scan(
+    body: RawBody,
+    user: User,
+    state: State,
+    wait: bool = Query(False, description="Queue behind a running regular scan"),
+) -> dict[str, Any]:
+    payload = parse_json_body(body)
+    if payload is not None and not isinstance(payload, dict):
+        raise ApiError(400, "request body must be a JSON object, or empty to scan everything")
+    request = ScanRequest.model_validate(payload or {})
+    sched = state.scheduler
+    if request.tag is None:
+        job = sched.request_regular_all(user, wait=wait)
+    else:
+        t = request.tag
+        ref = ImageRef(registry=t.registry, repo=t.repo, tag=t.tag, digest=t.digest)
+        if request.onDemandScan:
+            job = sched.request_on_demand(ref, user)
+        else:
+            job = sched.request_regular_image(ref, user, wait=wait)
+    return views.job_view(job)
+
+
+@router.post("/registry/stop")
+def stop_scan(_user: User, state: State) -> dict[str, Any]:
+    job = state.scheduler.stop_regular()
+    if job is None:
+        return {"stopped": None, "message": "no regular scan is running"}
+    return {"stopped": views.job_view(job), "message": f"regular scan {job.id} is stopping"}
+
+
+SortField = Literal["scanTime", "registry", "repository", "repo", "tag", "id"]
+
+
+@router.get("/registry")
+def list_results(
+    _user: User,
+    state: State,
+    response: Response,
+    name: str | None = Query(None, description="REGISTRY/REPO:TAG"),
+    registry: str | None = None,
+    repository: str | None = None,
+    id: str | None = None,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=250),
+    sort: SortField | None = None,
+    reverse: bool = False,
+) -> list[dict[str, Any]]:
+    flt = _result_filter(name, registry, repository, id)
+    with state.sessions() as session:
+        rows, total = queries.latest_results(
+            session, flt, offset=offset, limit=limit, sort=sort, reverse=reverse
+        )
+        tags = queries.tags_of(session, [image for _r, image in rows if image is not None])
+        body = [
+            views.result_view(r, image, tags.get(image.id, []) if image else [])
+            for r, image in rows
+        ]
+    response.headers["Total-Count"] = str(total)
+    return body
+
+
+def _result_filter(
+    name: str | None, registry: str | None, repository: str | None, image_id: str | None
+) -> queries.ResultFilter:
+    try:
+        host = parse_registry(registry).host if registry else None
+        tag = None
+        if name:
+            host, repository, tag = _split_name(name)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return queries.ResultFilter(registry=host, repository=repository, tag=tag, image_id=image_id)
+
+
+def _split_name(name: str) -> tuple[str, str, str | None]:
+    """``REGISTRY/REPO[:TAG]`` into its parts; no tag means every tag of the repository."""
+    registry, slash, rest = name.partition("/")
+    if not slash or not rest:
+        raise ValueError(f"name {name!r} is not a full image name: use REGISTRY/REPO:TAG")
+    repo, tag = rest, None
+    last = rest.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = rest.rsplit(":", 1)
+        validate_tag(tag)
+    return parse_registry(registry).host, validate_repository(repo), tag
+
+
+@router.get("/registry/scans")
+def list_scans(
+    _user: User,
+    state: State,
+    response: Response,
+    kind: Literal["regular-all", "regular-image", "on-demand"] | None = None,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(50, ge=1, le=250),
+) -> list[dict[str, Any]]:
+    with state.sessions() as session:
+        jobs, total = queries.jobs_page(
+            session, kind=JobKind(kind) if kind else None, offset=offset, limit=limit
+        )
+    response.headers["Total-Count"] = str(total)
+    return [views.job_view(j) for j in jobs]
+
+
+@router.get("/registry/scans/{job_id}")
+def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
+    with state.sessions() as session:
+        job = session.get(ScanJob, job_id)
+        if job is None:
+            raise ApiError(
+                404, f"scan {job_id} does not exist; list scans with GET /registry/scans"
+            )
+        errors = [views.item_error_view(i) for i in queries.failed_items(session, job_id)]
+    return {**views.job_view(job), "errors": errors}
+
+
+@router.get("/registry/progress")
+def progress(
+    _user: User,
+    state: State,
+    onDemand: bool = False,
+    registry: str | None = None,
+    repo: str | None = None,
+    tag: str = "",
+    digest: str = "",
+) -> list[dict[str, Any]]:
+    with state.sessions() as session:
+        if not onDemand:
+            job = queries.latest_regular_job(session)
+            return [_progress_entry(job, "regular")]
+        if not repo or not (tag or digest):
+            raise ApiError(400, "on-demand progress needs repo and either tag or digest")
+        host = parse_registry(registry).host if registry else None
+        jobs = queries.on_demand_jobs_for(session, host, repo, tag, digest)
+        return [_progress_entry(j, "onDemand") for j in jobs]
+
+
+def _progress_entry(job: ScanJob | None, kind: str) -> dict[str, Any]:
+    ongoing = job is not None and not job.status.is_final
+    where = "registries in scope" if job is None or job.target is None else job.target_name
+    discovering = job is not None and job.discovered_at is None and ongoing
+    total = job.images_total if job else 0
+    done = (job.images_scanned + job.images_failed + job.images_skipped) if job else 0
+    return {
+        "discovery": {
+            "id": str(job.id) if job else "",
+            "type": kind,
+            "discovery": discovering,
+            "total": total,
+            "scanned": total if not discovering else 0,
+            "title": f"Step 1/2 discovering tags in {where}: found {total} images",
+        },
+        "imageScan": {
+            "id": str(job.id) if job else "",
+            "type": kind,
+            "discovery": False,
+            "total": total,
+            "scanned": done,
+            "title": f"Step 2/2 scanning images in {where}: scanned {done}/{total} images",
+        },
+        "isScanOngoing": ongoing,
+        "onDemand": kind == "onDemand",
+        "status": job.status.value if job else None,
+        "specScanStartTime": views.ts(job.started_at) if job else None,
+    }
+
+
+@router.get("/statuses/registry")
+def registry_status(_user: User, state: State) -> dict[str, Any]:
+    with state.sessions() as session:
+        job = queries.latest_regular_job(session)
+        errors = (
+            [views.item_error_view(i) for i in queries.failed_items(session, job.id)] if job else []
+        )
+    return {
+        "completed": job is None or job.status.is_final,
+        "status": job.status.value if job else None,
+        "scanID": job.id if job else None,
+        "total": job.images_total if job else 0,
+        "scanned": job.images_scanned if job else 0,
+        "failed": job.images_failed if job else 0,
+        "time": views.ts(job.finished_at or job.started_at) if job else None,
+        "errors": errors,
+    }

@@ -1,0 +1,150 @@
+"""Request bodies, as the reference API writes them, checked strictly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from api.errors import ApiError
+from scanner.reference import parse_registry, validate_digest, validate_repository, validate_tag
+
+# Curly quotes, as word processors and web pages print them (written as escapes).
+TYPOGRAPHIC_QUOTES = "\u201c\u201d\u2018\u2019\u201e\u201f\u00ab\u00bb"
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Parse a JSON body, with errors a person can act on. Empty means ``None``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        return None
+    if any(q in text for q in TYPOGRAPHIC_QUOTES):
+        raise ApiError(
+            400,
+            "request body contains typographic quotes (such as “ or ”), which JSON does "
+            "not accept; they often come from copying an example out of a document. Use "
+            'plain double quotes: {"onDemandScan": true, "tag": {...}}',
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TagRef(Strict):
+    """An image reference: ``registry/repo:tag`` or ``registry/repo@digest``."""
+
+    registry: StrictStr
+    repo: StrictStr
+    tag: StrictStr = ""
+    digest: StrictStr = ""
+    id: StrictStr = ""  # present in some reference payloads; not used
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        parse_registry(v)
+        return v
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        return validate_repository(v)
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        return validate_tag(v) if v else v
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        return validate_digest(v) if v else v
+
+    @model_validator(mode="after")
+    def _default_tag(self) -> TagRef:
+        # As the reference: no tag means "latest", unless a digest names the image.
+        if not self.tag and not self.digest:
+            self.tag = "latest"
+        return self
+
+
+class ScanRequest(Strict):
+    onDemandScan: StrictBool = False
+    tag: TagRef | None = None
+
+    @model_validator(mode="after")
+    def _on_demand_needs_tag(self) -> ScanRequest:
+        if self.onDemandScan and self.tag is None:
+            raise ValueError(
+                'an on-demand scan needs the image: add "tag": {"registry": ..., "repo": ..., '
+                '"tag": ...}'
+            )
+        return self
+
+
+SUPPORTED_VERSIONS = {"2": "Docker Registry v2"}
+
+
+class Specification(Strict):
+    version: StrictStr = "2"
+    registry: StrictStr
+    repository: StrictStr = ""
+    tag: StrictStr = ""
+    excludedRepositories: list[StrictStr] = Field(default_factory=list)
+    excludedTags: list[StrictStr] = Field(default_factory=list)
+    credentialID: StrictStr = ""
+    os: StrictStr = "linux"
+    cap: StrictInt = Field(default=5, ge=0)
+    scanners: StrictInt = Field(default=2, ge=1, le=64)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if v not in SUPPORTED_VERSIONS:
+            raise ValueError(
+                f'registry type {v!r} is not supported; use "2" (Docker Registry v2, '
+                "which covers any OCI distribution registry)"
+            )
+        return v
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        parse_registry(v)
+        return v
+
+    @field_validator("os")
+    @classmethod
+    def _os(cls, v: str) -> str:
+        if v not in ("linux", "windows"):
+            raise ValueError(f'os {v!r} is not known; use "linux" or "windows"')
+        return v
+
+
+class RegistrySettings(Strict):
+    specifications: list[Specification]
+
+
+class Credentials(Strict):
+    username: StrictStr
+    password: StrictStr

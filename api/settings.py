@@ -1,0 +1,100 @@
+"""``/settings/registry``: the registry scanning configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from api.errors import ApiError
+from api.schemas import RegistrySettings, Specification, parse_json_body
+from api.state import RawBody, State, User
+from api.views import job_view
+from models import RegistrySpec
+from models import specs as spec_store
+from models.db import transaction
+from scanner.reference import parse_registry
+from scheduler.errors import SchedulerError
+
+router = APIRouter()
+
+
+def spec_view(row: RegistrySpec) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "registry": row.address,
+        "repository": row.repository,
+        "tag": row.tag,
+        "excludedRepositories": row.excluded_repositories,
+        "excludedTags": row.excluded_tags,
+        "credentialID": row.credential_id,
+        "os": row.os,
+        "cap": row.cap,
+        "scanners": row.scanners,
+    }
+
+
+def _row_fields(spec: Specification) -> dict[str, Any]:
+    return {
+        "version": spec.version,
+        "address": spec.registry,
+        "registry_host": parse_registry(spec.registry).host,
+        "repository": spec.repository,
+        "tag": spec.tag,
+        "excluded_repositories": spec.excludedRepositories,
+        "excluded_tags": spec.excludedTags,
+        "credential_id": spec.credentialID,
+        "os": spec.os,
+        "cap": spec.cap,
+        "scanners": spec.scanners,
+    }
+
+
+@router.get("/settings/registry")
+def get_registry_settings(_user: User, state: State) -> dict[str, Any]:
+    with state.sessions() as session:
+        return {"specifications": [spec_view(r) for r in spec_store.list_specs(session)]}
+
+
+@router.put("/settings/registry")
+def put_registry_settings(
+    user: User, state: State, body: RawBody, scanLater: bool = Query(False)
+) -> dict[str, Any]:
+    """Replace the whole configuration, then scan it unless ``scanLater=true``."""
+    payload = parse_json_body(body)
+    if not isinstance(payload, dict):
+        raise ApiError(400, 'body must be {"specifications": [...]}')
+    specs = RegistrySettings.model_validate(payload).specifications
+    with transaction(state.sessions) as session:
+        rows = spec_store.replace_specs(session, [_row_fields(s) for s in specs])
+        saved = [spec_view(r) for r in rows]
+    return {"specifications": saved, **_maybe_scan(state, user, scanLater or not saved)}
+
+
+@router.post("/settings/registry")
+def add_registry_settings(
+    user: User, state: State, body: RawBody, scanLater: bool = Query(False)
+) -> dict[str, Any]:
+    """Append one specification (or ``{"specifications": [...]}``) to the configuration."""
+    payload = parse_json_body(body)
+    if isinstance(payload, dict) and "specifications" in payload:
+        specs = RegistrySettings.model_validate(payload).specifications
+    elif isinstance(payload, dict):
+        specs = [Specification.model_validate(payload)]
+    else:
+        raise ApiError(400, 'body must be one specification object or {"specifications": [...]}')
+    with transaction(state.sessions) as session:
+        rows = spec_store.append_specs(session, [_row_fields(s) for s in specs])
+        saved = [spec_view(r) for r in rows]
+    return {"specifications": saved, **_maybe_scan(state, user, scanLater)}
+
+
+def _maybe_scan(state: State, user: str, later: bool) -> dict[str, Any]:
+    """Saving starts a regular scan; a refusal does not undo the save, it is reported."""
+    if later:
+        return {"scan": None}
+    try:
+        job = state.scheduler.request_regular_all(user, source="settings")
+    except SchedulerError as exc:
+        return {"scan": None, "scanNotStarted": str(exc)}
+    return {"scan": job_view(job)}

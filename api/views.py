@@ -1,0 +1,95 @@
+"""How stored rows look on the wire: the reference shapes, plus a few fields of ours."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from models import Image, ImageScan, ScanJob, ScanResult, Tag
+
+SEVERITIES = ("critical", "high", "medium", "low")
+
+
+def ts(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+
+
+def job_view(job: ScanJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind.value,
+        "status": job.status.value,
+        "requestedBy": job.requested_by,
+        "source": job.source,
+        "target": job.target,
+        "name": job.target_name,
+        "waited": job.wait,
+        "counts": {
+            "total": job.images_total,
+            "scanned": job.images_scanned,
+            "failed": job.images_failed,
+            "skipped": job.images_skipped,
+        },
+        "createdAt": ts(job.created_at),
+        "startedAt": ts(job.started_at),
+        "discoveredAt": ts(job.discovered_at),
+        "finishedAt": ts(job.finished_at),
+        "heartbeatAt": ts(job.heartbeat_at),
+        "attempts": job.attempts,
+        "error": job.error,
+    }
+
+
+def item_error_view(item: ImageScan) -> dict[str, Any]:
+    return {
+        "registry": item.registry_host,
+        "repo": item.repository,
+        "tag": item.tag,
+        "digest": item.digest,
+        "status": item.status.value,
+        "err": item.error or "",
+    }
+
+
+def result_view(result: ScanResult, image: Image | None, tags: list[Tag]) -> dict[str, Any]:
+    """One entry of ``GET /registry``, shaped like the reference ``ImageScanResult``."""
+    image_id = (image.config_digest if image else "") or result.digest
+    return {
+        "_id": image_id,
+        "id": image_id,
+        "repoTag": {
+            "registry": result.registry_host,
+            "repo": result.repository,
+            "tag": result.tag,
+            "digest": result.digest,
+        },
+        "tags": [
+            {"registry": t.registry_host, "repo": t.repository, "tag": t.name, "digest": t.digest}
+            for t in tags
+        ],
+        "scanTime": ts(result.scanned_at),
+        "osDistro": result.os_distro,
+        "osDistroVersion": result.os_distro_version,
+        "packages": [],
+        "vulnerabilities": [],
+        "vulnerabilitiesCount": 0,
+        "vulnerabilityDistribution": {**dict.fromkeys(SEVERITIES, 0), "total": 0},
+        "err": result.err,
+        # ours
+        "scanID": result.job_id,
+        "digest": result.digest,
+        "platform": result.platform,
+        **(_image_fields(image) if image else {}),
+    }
+
+
+def _image_fields(image: Image) -> dict[str, Any]:
+    return {
+        "mediaType": image.media_type,
+        "indexDigest": image.index_digest,
+        "os": image.os,
+        "architecture": image.architecture,
+        "created": ts(image.created),
+        "size": image.size,
+        "layers": image.layers,
+    }

@@ -1,0 +1,132 @@
+"""The ``regscan`` command: api, worker, db, standalone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from regscan.settings import Settings, get_settings
+
+QUEUE_NAMES = {
+    "regular": "regscan.regular",
+    "images": "regscan.images",
+    "ondemand": "regscan.ondemand",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return args.func(args, get_settings())
+    except CliError as exc:
+        print(f"regscan: {exc}", file=sys.stderr)
+        return 1
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regscan", description="Registry image scanner")
+    sub = p.add_subparsers(title="commands")
+
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", help="address to listen on (default: REGSCAN_API_HOST)")
+    api.add_argument("--port", type=int, help="port to listen on (default: REGSCAN_API_PORT)")
+    api.set_defaults(func=cmd_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument(
+        "--queues",
+        default="regular,images,ondemand",
+        help="comma-separated: regular, images, ondemand (default: all three)",
+    )
+    worker.add_argument("--concurrency", type=int, default=4, help="threads (default: 4)")
+    worker.add_argument("--name", default=None, help="worker node name (default: Celery's)")
+    worker.set_defaults(func=cmd_worker)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(title="db commands")
+    db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
+        func=cmd_db_upgrade
+    )
+
+    sa = sub.add_parser("standalone", help="everything on one machine: SQLite, own Redis")
+    sa.add_argument("--port", type=int, default=None, help="API port (default: 8080)")
+    sa.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    sa.set_defaults(func=cmd_standalone)
+    return p
+
+
+def _require_schema(settings: Settings) -> None:
+    from regscan.db import pending_migrations
+
+    if pending_migrations(settings.database_url):
+        raise CliError(
+            f"the database at {settings.database_url} is not at the newest schema: "
+            "run `regscan db upgrade` first"
+        )
+
+
+def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
+    from regscan.db import upgrade
+
+    upgrade(settings.database_url)
+    print(f"database at {settings.database_url} is up to date")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    _require_schema(settings)
+    try:
+        app = create_app(settings)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    names = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUE_NAMES]
+    if unknown or not names:
+        raise CliError(
+            f"unknown queue(s) {', '.join(unknown) or '(none)'}: choose from "
+            + ", ".join(QUEUE_NAMES)
+        )
+    _require_schema(settings)
+    from worker.app import app
+
+    argv = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency)]
+    argv += ["--queues", ",".join(QUEUE_NAMES[q] for q in names), "--loglevel", "INFO"]
+    argv += ["--without-gossip", "--without-mingle"]
+    if args.name:
+        argv += ["--hostname", args.name]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_standalone(args: argparse.Namespace, settings: Settings) -> int:
+    from regscan.standalone import run
+
+    try:
+        return run(settings, api_port=args.port, redis_url=args.redis_url)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""``regscan standalone``: the whole service on one machine, on embedded defaults.
+
+Migrates a SQLite file in the working directory, starts a redis-server of its
+own on a free loopback port, then the API and two workers (one for regular
+scans, one for on-demand scans, so a sweep never delays an on-demand scan),
+prints where to reach them, and stops everything cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from urllib.error import URLError
+from urllib.request import urlopen
+
+from regscan.db import upgrade
+from regscan.settings import Settings
+
+STARTUP_SECONDS = 30.0
+
+
+def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> int:
+    env = dict(os.environ)
+    env["REGSCAN_DATABASE_URL"] = settings.database_url
+    password = _admin_password(settings, env)
+    upgrade(settings.database_url)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        if redis_url is None:
+            redis_proc, redis_url = _start_redis()
+            children.append(redis_proc)
+        env["REGSCAN_REDIS_URL"] = redis_url
+        port = api_port or settings.api_port
+        base = f"http://{settings.api_host}:{port}"
+        children += _start_services(env, settings.api_host, port)
+        _wait_for(f"{base}/api/v1/_ping", children)
+        _announce(base, settings, password, redis_url)
+        return _supervise(children)
+    finally:
+        _stop(children)
+
+
+def _admin_password(settings: Settings, env: dict[str, str]) -> str | None:
+    """Standalone is the one mode with a generated password; other modes require one."""
+    if settings.admin_password is not None:
+        return None
+    password = secrets.token_urlsafe(12)
+    env["REGSCAN_ADMIN_PASSWORD"] = password
+    return password
+
+
+def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server was not found on PATH: install it (apt-get install redis-server) "
+            "or pass --redis-url"
+        )
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="regscan-redis-")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", workdir, "--logfile", f"{workdir}/redis.log"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait_for_port(port, [proc])
+    return proc, url
+
+
+def _start_services(env: dict[str, str], host: str, port: int) -> list[subprocess.Popen[bytes]]:
+    me = [sys.executable, "-m", "regscan.cli"]
+    return [
+        _spawn([*me, "api", "--host", host, "--port", str(port)], env),
+        _spawn([*me, "worker", "--queues", "regular,images", "--name", "regular@%h"], env),
+        _spawn([*me, "worker", "--queues", "ondemand", "--name", "ondemand@%h"], env),
+    ]
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # A process group of their own: Ctrl-C reaches only us, and we stop them in order.
+    return subprocess.Popen(argv, env=env, start_new_session=True)
+
+
+def _announce(base: str, settings: Settings, password: str | None, redis_url: str) -> None:
+    shown = password if password is not None else "(from REGSCAN_ADMIN_PASSWORD)"
+    print(
+        "\nregscan is running\n"
+        f"  API:       {base}/api/v1\n"
+        f"  user:      {settings.admin_user}\n"
+        f"  password:  {shown}\n"
+        f"  database:  {settings.database_url}\n"
+        f"  redis:     {redis_url}\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = {"asked": False}
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        stop["asked"] = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not stop["asked"]:
+        for child in children:
+            if child.poll() is not None:
+                print(f"regscan: {child.args[2:4]} exited ({child.returncode}); stopping")
+                return 1
+        time.sleep(0.5)
+    print("stopping regscan ...", flush=True)
+    return 0
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    # Services first, Redis last, so workers can hand back their messages.
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        _fail_if_exited(procs)
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on port {port} within {STARTUP_SECONDS:g}s")
+
+
+def _wait_for(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        _fail_if_exited(procs)
+        try:
+            with urlopen(url, timeout=1):
+                return
+        except (URLError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {STARTUP_SECONDS:g}s")
+
+
+def _fail_if_exited(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
