@@ -1,0 +1,314 @@
+"""Private, throw-away server processes for the tests.
+
+Every server here is a real binary from ``PATH`` (``redis-server``) or from Debian's
+``docker-registry`` package, started on a free port of 127.0.0.1 with its data in a
+temporary directory that is removed again by :meth:`stop`.  Use them as context managers
+or call ``start()`` / ``stop()`` yourself; a server still running when the interpreter
+exits is stopped then.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import requests
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+"""Debian's build of the CNCF distribution registry (``apt-get install docker-registry``)."""
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+POSTGRES_URL_ENV = "REGSCAN_TEST_POSTGRES_URL"
+
+_START_ATTEMPTS = 3
+
+
+def free_port() -> int:
+    """Return a TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def postgres_url() -> str | None:
+    """Return the PostgreSQL URL the tests should use, or None when there is none.
+
+    ``REGSCAN_TEST_POSTGRES_URL`` wins when set.  Otherwise the machine's own server at
+    127.0.0.1:5432 (user ``postgres``, database ``test``) is used if it accepts a
+    connection within two seconds.
+    """
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        return url
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=2):
+            pass
+    except OSError:
+        return None
+    try:
+        import psycopg
+
+        with psycopg.connect(DEFAULT_POSTGRES_URL, connect_timeout=2) as conn:
+            conn.execute("select 1")
+    except Exception:
+        return None
+    return DEFAULT_POSTGRES_URL
+
+
+class ServerStartError(RuntimeError):
+    """A server process exited or did not become ready in time."""
+
+
+_running: set[_Process] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_running):
+        server.stop()
+
+
+class _Process:
+    """A child process with a temporary directory, a log file and a readiness check."""
+
+    name = "server"
+    ready_timeout = 20.0
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.tmpdir: Path | None = None
+        self.log_path: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- to be provided by subclasses -------------------------------------------------
+    def _command(self, port: int, tmpdir: Path) -> list[str]:
+        raise NotImplementedError
+
+    def _is_ready(self) -> bool:
+        raise NotImplementedError
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> Self:
+        """Start the server and wait until it answers; return self."""
+        with self._lock:
+            if self.proc is not None:
+                return self
+            last_error = ""
+            for _ in range(_START_ATTEMPTS):
+                # free_port() can race with another process taking the port; a server
+                # that dies at once is retried on a new port.
+                self.tmpdir = Path(tempfile.mkdtemp(prefix=f"regscan-{self.name}-"))
+                self.log_path = self.tmpdir / f"{self.name}.log"
+                self.port = free_port()
+                command = self._command(self.port, self.tmpdir)
+                with open(self.log_path, "ab") as log:
+                    self.proc = subprocess.Popen(
+                        command,
+                        cwd=self.tmpdir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                _running.add(self)
+                if self._wait_ready():
+                    return self
+                last_error = self.read_log()
+                self._terminate()
+            raise ServerStartError(
+                f"{self.name} did not start after {_START_ATTEMPTS} attempts:\n{last_error}"
+            )
+
+    def stop(self) -> None:
+        """Stop the server (terminate, then kill), reap it and remove its directory."""
+        with self._lock:
+            self._terminate()
+
+    def _terminate(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            proc.wait()
+        _running.discard(self)
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def _wait_ready(self) -> bool:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                if self._is_ready():
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server, or None."""
+        return self.proc.pid if self.proc is not None else None
+
+    def read_log(self) -> str:
+        """The server's output so far (empty once stopped)."""
+        if self.log_path is None:
+            return ""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Process):
+    """A private ``redis-server`` on 127.0.0.1 that keeps nothing on disk.
+
+    >>> with RedisServer() as redis_server:
+    ...     client = redis.Redis.from_url(redis_server.url)
+    """
+
+    name = "redis"
+
+    def __init__(self, binary: str = "redis-server") -> None:
+        super().__init__()
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _command(self, port: int, tmpdir: Path) -> list[str]:
+        return [
+            self.binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(tmpdir),
+            "--daemonize", "no",
+            "--logfile", "",
+        ]  # fmt: skip
+
+    def _is_ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+
+
+class RegistryServer(_Process):
+    """A private CNCF distribution registry (2.8) with filesystem storage and no auth.
+
+    Deleting manifests is enabled.  The registry's own log goes to :attr:`log_path`.
+    ``notifications`` is rendered as ``notifications.endpoints`` of the registry's
+    configuration, e.g. ``[{"name": "regscan", "url": "http://127.0.0.1:8080/hook",
+    "timeout": "1s", "threshold": 3, "backoff": "1s"}]``.  With ``relative_urls`` the
+    registry answers with relative ``Location`` headers.
+    """
+
+    name = "registry"
+
+    def __init__(
+        self,
+        notifications: list[dict[str, Any]] | None = None,
+        *,
+        relative_urls: bool = False,
+        binary: str = REGISTRY_BINARY,
+    ) -> None:
+        super().__init__()
+        self.notifications = notifications
+        self.relative_urls = relative_urls
+        self.binary = binary
+        self.config_path: Path | None = None
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, as an image reference names the registry."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self, port: int, storage_dir: Path) -> dict[str, Any]:
+        """The registry configuration for a given port and storage directory."""
+        config: dict[str, Any] = {
+            "version": "0.1",
+            "log": {"level": "warn", "formatter": "text", "fields": {"service": "registry"}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(storage_dir)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {
+                "addr": f"127.0.0.1:{port}",
+                "secret": os.urandom(16).hex(),
+                "relativeurls": self.relative_urls,
+                "headers": {"X-Content-Type-Options": ["nosniff"]},
+            },
+        }
+        if self.notifications:
+            config["notifications"] = {"endpoints": self.notifications}
+        return config
+
+    def _command(self, port: int, tmpdir: Path) -> list[str]:
+        storage = tmpdir / "storage"
+        storage.mkdir()
+        self.config_path = tmpdir / "config.yml"
+        # JSON is valid YAML, so no YAML library is needed to write the configuration.
+        self.config_path.write_text(json.dumps(self.config(port, storage), indent=2) + "\n")
+        return [self.binary, "serve", str(self.config_path)]
+
+    def _is_ready(self) -> bool:
+        try:
+            response = requests.get(f"{self.url}/v2/", timeout=1)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Wait until ``host:port`` accepts TCP connections, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{host}:{port} did not accept connections in {timeout}s")
+        time.sleep(0.05)
