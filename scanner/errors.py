@@ -1,0 +1,46 @@
+"""Errors raised while talking to a registry or describing an image.
+
+Every error says whether it is ``permanent``: a permanent error is a fact about the
+image or the registry's answer (recorded, not retried); a transient one may go away
+if the same work is tried again later.
+"""
+
+from __future__ import annotations
+
+
+class ScanError(Exception):
+    """Base of all scanner errors; ``permanent`` tells the caller whether to retry."""
+
+    permanent: bool = True
+
+
+class RegistryUnavailable(ScanError):
+    """The registry could not be reached or kept failing (timeouts, resets, 429/5xx)."""
+
+    permanent = False
+
+
+class RegistryAuthError(ScanError):
+    """The registry refused our credentials or denied access (401/403)."""
+
+
+class NotFound(ScanError):
+    """The manifest, blob or repository does not exist (404)."""
+
+
+class InvalidManifest(ScanError):
+    """A manifest or config we cannot accept: unknown type, bad JSON, wrong digest, too big."""
+
+
+class RegistryProtocolError(ScanError):
+    """The registry answered outside the API: an unexpected status or a pagination loop.
+
+    Permanent because asking the same registry again gives the same answer; the next
+    scheduled scan tries again anyway.
+    """
+
+
+class ScanStopped(ScanError):
+    """Raised by a checkpoint callback to stop work; says nothing about the image."""
+
+    permanent = False
