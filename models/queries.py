@@ -56,7 +56,7 @@ def latest_results(
         .offset(offset)
         .limit(limit)
     )
-    return session.execute(stmt).tuples().all(), total
+    return session.execute(stmt).all(), total
 
 
 def _filtered(stmt: Select, flt: ResultFilter) -> Select:

@@ -207,7 +207,7 @@ def add_items(session: Session, job_id: int, items: Iterable[dict[str, Any]]) ->
             select(
                 ImageScan.registry_host, ImageScan.repository, ImageScan.tag, ImageScan.digest
             ).where(ImageScan.job_id == job_id)
-        ).tuples()
+        )
     )
     added = 0
     for item in items:
@@ -227,7 +227,7 @@ def item_counts(session: Session, job_id: int) -> dict[ItemStatus, int]:
         .where(ImageScan.job_id == job_id)
         .group_by(ImageScan.status)
     )
-    return {status: n for status, n in session.execute(stmt).tuples()}
+    return {status: n for status, n in session.execute(stmt)}
 
 
 def in_flight_by_spec(session: Session, job_id: int) -> dict[int, int]:
@@ -236,7 +236,7 @@ def in_flight_by_spec(session: Session, job_id: int) -> dict[int, int]:
         .where(ImageScan.job_id == job_id, ImageScan.status.in_(IN_FLIGHT))
         .group_by(ImageScan.spec_position)
     )
-    return {pos: n for pos, n in session.execute(stmt).tuples()}
+    return {pos: n for pos, n in session.execute(stmt)}
 
 
 def pending_by_spec(session: Session, job_id: int) -> dict[int, int]:
@@ -245,7 +245,7 @@ def pending_by_spec(session: Session, job_id: int) -> dict[int, int]:
         .where(ImageScan.job_id == job_id, ImageScan.status == ItemStatus.PENDING)
         .group_by(ImageScan.spec_position)
     )
-    return {pos: n for pos, n in session.execute(stmt).tuples()}
+    return {pos: n for pos, n in session.execute(stmt)}
 
 
 def queue_items(
