@@ -29,8 +29,8 @@ class Settings(BaseSettings):
         description="Password of the first admin. Required except in standalone mode.",
     )
 
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
+    api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(default=8080, description="Port the API listens on.")
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
 
     lock_ttl_seconds: float = Field(
@@ -51,15 +51,19 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = Field(
         default=30.0, description="How long a stopping scan waits for images in flight."
     )
-    image_task_time_limit: int = Field(
-        default=600, description="Hard time limit of one image scan task, in seconds."
+    stuck_image_seconds: float = Field(
+        default=900.0,
+        description="An image handed to a worker that has not finished after this long "
+        "is handed out again (the worker is taken to be gone).",
     )
     dispatch_batch: int = Field(
         default=200, description="Discovered images written per transaction during discovery."
     )
 
-    registry_connect_timeout: float = 5.0
-    registry_read_timeout: float = 30.0
+    registry_connect_timeout: float = Field(default=5.0, description="Seconds to connect.")
+    registry_read_timeout: float = Field(
+        default=30.0, description="Seconds to wait for a registry's next bytes."
+    )
     registry_retries: int = Field(default=4, description="Retries on 429/5xx and lost connections.")
     registry_backoff: float = Field(default=0.5, description="Base of the exponential backoff.")
     registry_backoff_max: float = Field(default=30.0, description="Cap on one backoff sleep.")

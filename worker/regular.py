@@ -148,7 +148,7 @@ class Sweep:
     # -- dispatch -----------------------------------------------------------------
 
     def dispatch(self) -> None:
-        stuck_after = self.rt.settings.image_task_time_limit + 60
+        stuck_after = self.rt.settings.stuck_image_seconds
         while not self.stop_requested():
             with transaction(self.rt.sessions) as session:
                 svc.fence(session, self.job.id, self.token)

@@ -85,7 +85,8 @@ class _Process:
     name = "server"
     ready_timeout = 20.0
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
+        self.fixed_port = port
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.tmpdir: Path | None = None
@@ -111,7 +112,7 @@ class _Process:
                 # that dies at once is retried on a new port.
                 self.tmpdir = Path(tempfile.mkdtemp(prefix=f"regscan-{self.name}-"))
                 self.log_path = self.tmpdir / f"{self.name}.log"
-                self.port = free_port()
+                self.port = self.fixed_port or free_port()
                 command = self._command(self.port, self.tmpdir)
                 with open(self.log_path, "ab") as log:
                     self.proc = subprocess.Popen(
@@ -249,8 +250,9 @@ class RegistryServer(_Process):
         *,
         relative_urls: bool = False,
         binary: str = REGISTRY_BINARY,
+        port: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(port)
         self.notifications = notifications
         self.relative_urls = relative_urls
         self.binary = binary
