@@ -32,7 +32,9 @@ def check_version(version: str) -> None:
 
 
 def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
-    sessions = make_sessionmaker(make_engine(config.database_url))
+    sessions = make_sessionmaker(
+        make_engine(config.database_url, idle_transaction_seconds=config.lock_ttl_seconds)
+    )
     redis = Redis.from_url(config.redis_url)
     if scheduler is None:
         scheduler = Scheduler(config, sessions, redis, make_celery(config))

@@ -10,7 +10,15 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, idle_transaction_seconds: float | None = None, **kwargs: Any
+) -> Engine:
+    """An engine for ``url``.
+
+    ``idle_transaction_seconds`` (PostgreSQL) has the server end a transaction that
+    sits idle longer than that: a worker frozen mid-transaction must not keep row
+    locks on a job after its lease has lapsed and another worker took the job over.
+    """
     if url.startswith("sqlite"):
         # Several processes (API, workers) share one file: WAL lets readers run
         # beside the writer, and busy_timeout makes writers queue instead of failing.
@@ -27,6 +35,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if idle_transaction_seconds and url.startswith("postgresql"):
+        timeout_ms = int(idle_transaction_seconds * 1000)
+        kwargs.setdefault("connect_args", {})["options"] = (
+            f"-c idle_in_transaction_session_timeout={timeout_ms}"
+        )
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -221,6 +221,14 @@ def add_items(session: Session, job_id: int, items: Iterable[dict[str, Any]]) ->
     return added
 
 
+def add_target(session: Session, job: ScanJob, **fields: Any) -> None:
+    """The one image of a single-image job: discovered as soon as the job exists."""
+    session.add(ImageScan(job_id=job.id, status=ItemStatus.PENDING, **fields))
+    job.images_total = 1
+    job.discovered_at = utcnow()
+    session.flush()
+
+
 def item_counts(session: Session, job_id: int) -> dict[ItemStatus, int]:
     stmt = (
         select(ImageScan.status, func.count())

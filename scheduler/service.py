@@ -86,13 +86,14 @@ class Scheduler:
         self, ref: ImageRef, requested_by: str, *, source: str = "api", wait: bool = False
     ) -> ScanJob:
         """A regular scan of one image; it takes the regular-scan slot like a sweep."""
-        spec = self._scope_of(ref)
+        with self.sessions() as session:
+            spec = _scope_of(session, ref)
         return self._admit_regular(JobKind.REGULAR_IMAGE, requested_by, source, wait, ref, spec)
 
     def request_on_demand(self, ref: ImageRef, requested_by: str, *, source: str = "api"):
         """An on-demand scan: never blocked by, and never blocking, a regular scan."""
-        spec = self._scope_of(ref)
         with transaction(self.sessions) as session:
+            spec = _scope_of(session, ref)
             job = svc.create_job(
                 session,
                 kind=JobKind.ON_DEMAND,
@@ -104,15 +105,6 @@ class Scheduler:
         self.publisher.send_task(keys.TASK_ONDEMAND, args=[job.id], queue=keys.QUEUE_ONDEMAND)
         log.info("job=%s kind=on-demand image=%s published", job.id, job.target_name)
         return job
-
-    def _scope_of(self, ref: ImageRef) -> Spec:
-        host = parse_registry(ref.registry).host
-        with self.sessions() as session:
-            specs = load_specs(session)
-        spec = find_spec(specs, host, ref.repo, ref.tag)
-        if spec is None:
-            raise OutOfScope(describe_miss(specs, host, ref.repo, ref.tag))
-        return spec
 
     def _admit_regular(
         self,
@@ -245,20 +237,24 @@ def _describe(job: ScanJob) -> str:
     )
 
 
+def _scope_of(session: Session, ref: ImageRef) -> Spec:
+    """The specification covering ``ref``; :class:`OutOfScope` says why none does."""
+    host = parse_registry(ref.registry).host
+    specs = load_specs(session)
+    spec = find_spec(specs, host, ref.repo, ref.tag)
+    if spec is None:
+        raise OutOfScope(describe_miss(specs, host, ref.repo, ref.tag))
+    return spec
+
+
 def _add_target_item(session: Session, job: ScanJob, spec: Spec, ref: ImageRef) -> None:
-    tag = ref.tag
-    svc.add_items(
+    svc.add_target(
         session,
-        job.id,
-        [
-            {
-                "spec_position": spec.position,
-                "registry_url": spec.address.base_url,
-                "registry_host": spec.address.host,
-                "repository": ref.repo,
-                "tag": tag,
-                "digest": ref.digest,
-            }
-        ],
+        job,
+        spec_position=spec.position,
+        registry_url=spec.address.base_url,
+        registry_host=spec.address.host,
+        repository=ref.repo,
+        tag=ref.tag,
+        digest=ref.digest,
     )
-    svc.set_total(session, job.id)

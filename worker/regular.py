@@ -195,7 +195,9 @@ class Sweep:
             time.sleep(POLL_SECONDS)
         with transaction(self.rt.sessions) as session:
             svc.skip_items(session, self.job.id, svc.IN_FLIGHT)
-            self._finish(session, JobStatus.STOPPED)
+            # A stop that arrives when every image is already done leaves nothing out.
+            left_out = svc.item_counts(session, self.job.id).get(ItemStatus.SKIPPED, 0)
+            self._finish(session, JobStatus.STOPPED if left_out else JobStatus.COMPLETED)
         self.rt.redis.delete(keys.stop_flag(self.job.id))
 
     def _finish(self, session: Any, status: JobStatus) -> None:

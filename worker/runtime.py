@@ -38,6 +38,8 @@ def get_runtime() -> Runtime:
     from worker.app import app
 
     settings = get_settings()
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    sessions = make_sessionmaker(
+        make_engine(settings.database_url, idle_transaction_seconds=settings.lock_ttl_seconds)
+    )
     redis = Redis.from_url(settings.redis_url)
     return Runtime(settings, sessions, redis, Scheduler(settings, sessions, redis, app))
