@@ -155,7 +155,7 @@ class ScanResult(Base):
     registry_host: Mapped[str] = mapped_column(String(255))
     repository: Mapped[str] = mapped_column(String(512))
     tag: Mapped[str] = mapped_column(String(255), default="")
-    digest: Mapped[str] = mapped_column(String(100), default="")
+    digest: Mapped[str] = mapped_column(String(100), default="", index=True)
     platform: Mapped[str] = mapped_column(String(64), default="")
     scanned_at: Mapped[datetime] = mapped_column(default=utcnow)
     err: Mapped[str] = mapped_column(Text, default="")

@@ -67,6 +67,26 @@ def test_regular_scan_of_everything_in_scope(api: Api, pusher: Pusher, registry,
     assert {r["indexDigest"] for r in cli} == {index.digest}
 
 
+def test_a_sweep_scans_the_newest_tags_up_to_cap_with_at_most_scanners_at_once(
+    api: Api, pusher: Pusher, slow_registry: FaultProxy, name
+):
+    # Given 7 tags pushed in an order unrelated to their creation times
+    repo = f"{name}/app"
+    days = {"a": 5, "b": 1, "c": 7, "d": 3, "e": 6, "f": 2, "g": 4}
+    for tag, day in days.items():
+        pusher.push_image(repo, tag, {tag: tag.encode()}, created=f"2024-06-0{day}T12:00:00Z")
+    slow_registry.delay(0.3, path_prefix=f"/v2/{repo}/manifests")
+    api.set_specs(spec(f"http://{slow_registry.host}", repo, cap=3, scanners=2))
+
+    # When a sweep runs
+    done = api.wait_job(api.scan().json()["id"], timeout=60)
+
+    # Then exactly the three newest tags were scanned, never more than two at a time
+    assert done["status"] == "completed" and done["counts"]["total"] == 3
+    assert {r["repoTag"]["tag"] for r in api.results(repository=repo)} == {"c", "e", "a"}
+    assert slow_registry.max_in_flight == 2
+
+
 def push_tags(pusher: Pusher, repo: str, n: int) -> list:
     return [
         pusher.push_image(

@@ -165,6 +165,8 @@ class FaultProxy:
         self._clients: set[socket.socket] = set()
         self._connections = 0
         self._forwarded = 0
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self._listener.settimeout(0.2)
         self.port: int = self._listener.getsockname()[1]
@@ -214,12 +216,19 @@ class FaultProxy:
             if (method is None or seen_method == method) and _matches(path_prefix, target)
         )
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this proxy was handling at once (delays included)."""
+        with self._lock:
+            return self._max_in_flight
+
     def clear(self) -> None:
         """Forget the recorded requests and counters (faults stay)."""
         with self._lock:
             self._requests.clear()
             self._connections = 0
             self._forwarded = 0
+            self._max_in_flight = 0
 
     # -- faults ------------------------------------------------------------------------
     def delay(self, seconds: float, path_prefix: str | None = None) -> None:
@@ -344,6 +353,23 @@ class FaultProxy:
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         with self._lock:
             self._requests.append((method, target))
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            return self._answer(client, reader, method, target, version, headers)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(
+        self,
+        client: socket.socket,
+        reader: BinaryIO,
+        method: str,
+        target: str,
+        version: str,
+        headers: Headers,
+    ) -> bool:
         connection = _tokens(headers, "Connection")
         if version == "HTTP/1.0":
             keep_alive = "keep-alive" in connection

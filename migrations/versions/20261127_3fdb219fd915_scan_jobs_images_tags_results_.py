@@ -1,8 +1,8 @@
 """scan jobs, images, tags, results, specifications, users
 
-Revision ID: ad36885c0fcc
+Revision ID: 3fdb219fd915
 Revises:
-Create Date: 2026-11-27 02:13:48.476796
+Create Date: 2026-11-27 02:34:11.909557
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import models.base
 
-revision: str = "ad36885c0fcc"
+revision: str = "3fdb219fd915"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -262,6 +262,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scan_results")),
     )
     with op.batch_alter_table("scan_results", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_scan_results_digest"), ["digest"], unique=False)
         batch_op.create_index(batch_op.f("ix_scan_results_image_id"), ["image_id"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_scan_results_image_scan_id"), ["image_scan_id"], unique=False
@@ -295,6 +296,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_scan_results_job_id"))
         batch_op.drop_index(batch_op.f("ix_scan_results_image_scan_id"))
         batch_op.drop_index(batch_op.f("ix_scan_results_image_id"))
+        batch_op.drop_index(batch_op.f("ix_scan_results_digest"))
 
     op.drop_table("scan_results")
     with op.batch_alter_table("image_scans", schema=None) as batch_op:
