@@ -8,9 +8,10 @@ worker never sees a job the database does not have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from redis import Redis
@@ -24,7 +25,7 @@ from models.db import transaction
 from regscan.settings import Settings
 from scanner.reference import parse_registry
 from scheduler import keys
-from scheduler.errors import NoSpecifications, OutOfScope, ScanConflict
+from scheduler.errors import Busy, NoSpecifications, OutOfScope, ScanConflict
 from scheduler.scope import Spec, describe_miss, find_spec
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,18 @@ class Scheduler:
         self.publisher.send_task(keys.TASK_REGULAR, args=[job_id], queue=keys.QUEUE_REGULAR)
         log.info("job=%s kind=regular published", job_id)
 
-    def _admission(self):
-        # Serialises "is a regular scan active? then admit" across API processes.
-        return self.redis.lock(keys.ADMISSION_LOCK, timeout=10, blocking_timeout=5)
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """Serialise "is a regular scan active? then admit" across API processes."""
+        lock = self.redis.lock(keys.ADMISSION_LOCK, timeout=10, blocking_timeout=5)
+        if not lock.acquire():
+            raise Busy("another scan request is being admitted right now; try again")
+        try:
+            yield
+        finally:
+            # Expired (the holder took over 10 s): nothing of ours to release.
+            with contextlib.suppress(LockError):
+                lock.release()
 
     # -- stopping and what follows -----------------------------------------------
 
@@ -172,9 +182,9 @@ class Scheduler:
                         return None
                 self._publish_regular(job_id)
                 return job_id
-        except LockError:
-            # Contention: whoever holds the admission lock is admitting or starting a
-            # scan right now; the reaper looks again shortly.
+        except Busy:
+            # Whoever holds the admission lock is admitting or starting a scan right
+            # now; the reaper looks again shortly.
             return None
 
     # -- finding work whose worker died ------------------------------------------------

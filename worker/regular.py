@@ -195,9 +195,12 @@ class Sweep:
             time.sleep(POLL_SECONDS)
         with transaction(self.rt.sessions) as session:
             svc.skip_items(session, self.job.id, svc.IN_FLIGHT)
-            # A stop that arrives when every image is already done leaves nothing out.
+            # A stop that arrives after discovery, when every image is already done,
+            # left nothing out: the scan is complete.
             left_out = svc.item_counts(session, self.job.id).get(ItemStatus.SKIPPED, 0)
-            self._finish(session, JobStatus.STOPPED if left_out else JobStatus.COMPLETED)
+            job = session.get(ScanJob, self.job.id, populate_existing=True)
+            complete = job is not None and job.discovered_at is not None and not left_out
+            self._finish(session, JobStatus.COMPLETED if complete else JobStatus.STOPPED)
         self.rt.redis.delete(keys.stop_flag(self.job.id))
 
     def _finish(self, session: Any, status: JobStatus) -> None:
