@@ -1,6 +1,7 @@
 """SQLAlchemy models: the only place that writes SQL."""
 
 from models.base import Base
+from models.credentials import Credential
 from models.images import Image, Tag
 from models.jobs import (
     ACTIVE_STATUSES,
@@ -12,6 +13,7 @@ from models.jobs import (
     ScanJob,
     ScanResult,
 )
+from models.layers import LayerAnalysis
 from models.specs import RegistrySpec
 from models.users import AuthToken, User
 
@@ -20,11 +22,13 @@ __all__ = [
     "FINAL_STATUSES",
     "AuthToken",
     "Base",
+    "Credential",
     "Image",
     "ImageScan",
     "ItemStatus",
     "JobKind",
     "JobStatus",
+    "LayerAnalysis",
     "RegistrySpec",
     "ScanJob",
     "ScanResult",

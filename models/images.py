@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, utcnow
@@ -30,6 +30,15 @@ class Image(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     # [{"digest", "size", "mediaType"}] in manifest order.
     layers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The inventory: what the image holds, merged across its layers.
+    os_distro: Mapped[str] = mapped_column(String(64), default="")
+    os_distro_version: Mapped[str] = mapped_column(String(64), default="")
+    os_distro_release: Mapped[str] = mapped_column(String(64), default="")
+    distro: Mapped[str] = mapped_column(String(255), default="")
+    # [{"type", "name", "version", "sourceName", "sourceVersion", "path", "layer"}]
+    packages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Analyser version the inventory was made with; None until analysed.
+    analyser_version: Mapped[int | None] = mapped_column(Integer, default=None)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_scanned: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from models import Base
 from models.db import make_engine
@@ -49,3 +49,29 @@ def test_downgrade_removes_everything_and_upgrade_rebuilds_it(empty_database: st
     assert tables(empty_database) == set()
     upgrade(empty_database)
     assert tables(empty_database) == set(Base.metadata.tables)
+
+
+def test_upgrading_keeps_what_is_stored(empty_database: str):
+    # Given a database at the first revision holding an image
+    first = "3fdb219fd915"
+    command.upgrade(alembic_config(empty_database), first)
+    engine = make_engine(empty_database)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO images (registry_host, repository, digest, media_type, config_digest,"
+                " platform, os, architecture, size, layers, first_seen, last_scanned)"
+                " VALUES ('r:5000', 'app', 'sha256:aa', '', '', 'linux/amd64', 'linux', 'amd64',"
+                " 1, '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+
+    # When the later migrations run
+    upgrade(empty_database)
+
+    # Then the image is still there, with an empty inventory still to be made
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT digest, packages, analyser_version FROM images")).one()
+    engine.dispose()
+    assert row[0] == "sha256:aa" and row[2] is None
+    assert row[1] in ("[]", [])
