@@ -44,3 +44,8 @@ class ScanStopped(ScanError):
     """Raised by a checkpoint callback to stop work; says nothing about the image."""
 
     permanent = False
+
+
+class InvalidContent(ScanError):
+    """A layer or a file inside it we cannot accept: corrupt or truncated streams,
+    unsafe paths or file types, too many expanded bytes, malformed package data."""
