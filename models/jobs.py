@@ -122,6 +122,8 @@ class ImageScan(Base):
     # Where to connect, scheme included; ``registry_host`` is the host:port identity.
     registry_url: Mapped[str] = mapped_column(String(300))
     registry_host: Mapped[str] = mapped_column(String(255))
+    # The credential of the specification the image was found through ("" for none).
+    credential_id: Mapped[str] = mapped_column(String(128), default="")
     repository: Mapped[str] = mapped_column(String(512))
     tag: Mapped[str] = mapped_column(String(255), default="")
     digest: Mapped[str] = mapped_column(String(100), default="")

@@ -263,6 +263,7 @@ def _add_target_item(session: Session, job: ScanJob, spec: Spec, ref: ImageRef) 
         job,
         spec_position=spec.position,
         registry_url=spec.address.base_url,
+        credential_id=spec.credential_id,
         registry_host=spec.address.host,
         repository=ref.repo,
         tag=ref.tag,

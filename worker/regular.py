@@ -108,6 +108,7 @@ class Sweep:
                     yield {
                         "spec_position": spec.position,
                         "registry_url": spec.address.base_url,
+                        "credential_id": spec.credential_id,
                         "registry_host": spec.address.host,
                         "repository": repo,
                         "tag": tag,

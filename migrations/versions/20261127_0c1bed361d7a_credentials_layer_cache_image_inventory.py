@@ -44,6 +44,10 @@ def upgrade() -> None:
             "digest", "analyser_version", name=op.f("uq_layer_analyses_digest_analyser_version")
         ),
     )
+    with op.batch_alter_table("image_scans", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("credential_id", sa.String(length=128), nullable=False, server_default="")
+        )
     # Images scanned before inventories existed get empty ones (and no analyser version,
     # so the next scan analyses them).
     with op.batch_alter_table("images", schema=None) as batch_op:
@@ -74,5 +78,7 @@ def downgrade() -> None:
         batch_op.drop_column("os_distro_version")
         batch_op.drop_column("os_distro")
 
+    with op.batch_alter_table("image_scans", schema=None) as batch_op:
+        batch_op.drop_column("credential_id")
     op.drop_table("layer_analyses")
     op.drop_table("credentials")
