@@ -34,6 +34,10 @@ else
     missing+=(python3-venv python3-dev)
 fi
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+# The catalogers' tests build real rpm databases and a real Go binary.
+command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
+command -v db5.3_load >/dev/null 2>&1 || missing+=(db5.3-util)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 if ! command -v psql >/dev/null 2>&1 || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
