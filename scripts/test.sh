@@ -38,6 +38,7 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
 command -v db5.3_load >/dev/null 2>&1 || missing+=(db5.3-util)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
+command -v readelf >/dev/null 2>&1 || missing+=(binutils)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 if ! command -v psql >/dev/null 2>&1 || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then

@@ -383,15 +383,11 @@ def check_against_rpm(packages: list[Package], listing: list[tuple[str, ...]], p
         # EPOCHNUM counts a missing epoch as 0.
         epoch, colon, _ = version.partition(":")
         assert (epoch if colon else "0") == epochnum
-        source_name, source_version, source_release = source_rpm.removesuffix(".src.rpm").rsplit(
-            "-", 2
-        )
-        assert (package.source_name, package.source_version) == (
-            source_name,
-            f"{epoch}:{source_version}-{source_release}"
-            if colon
-            else f"{source_version}-{source_release}",
-        )
+        stem = source_rpm.removesuffix(".src.rpm")
+        source_name, source_version, source_release = stem.rsplit("-", 2)
+        prefix = f"{epoch}:" if colon else ""
+        expected_source = (source_name, f"{prefix}{source_version}-{source_release}")
+        assert (package.source_name, package.source_version) == expected_source
         assert (package.type, package.path) == (OS_PACKAGE, path)
 
 
@@ -675,7 +671,7 @@ def write_go_proxy(proxy: Path) -> None:
 
 @pytest.fixture(scope="session")
 def go_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The app built by the Go toolchain, plain and stripped of symbols."""
+    """The app built by the Go toolchain: plain, stripped of symbols, and for Windows."""
     go = tool("go")
     work = tmp_path_factory.mktemp("go")
     write_go_proxy(work / "proxy")
@@ -684,7 +680,10 @@ def go_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(work),
         "GOPATH": str(work / "gopath"),
-        "GOCACHE": str(work / "cache"),
+        # The shared build cache: cross-compiling the standard library for the Windows
+        # binary takes seconds the first time only.
+        "GOCACHE": os.environ.get("GOCACHE")
+        or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "go-build"),
         "GOENV": "off",
         "GOPROXY": f"file://{work / 'proxy'}",
         "GOSUMDB": "off",
@@ -703,6 +702,9 @@ def go_binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cwd=work / "app",
         env=env,
     )
+    binaries["windows"] = work / "app.exe"
+    windows = {**env, "GOOS": "windows"}
+    run(go, "build", "-o", str(binaries["windows"]), ".", cwd=work / "app", env=windows)
     binaries["listing"] = work / "listing.txt"
     binaries["listing"].write_text(run(go, "version", "-m", str(binaries["plain"]), env=env))
     return binaries
@@ -728,8 +730,8 @@ def test_go_binary_modules(go_binaries: dict[str, Path]) -> None:
     assert ["=>", "example.com/fork", "v1.1.0"] in listing
     assert ["dep", "example.com/quote", "v1.4.2"] in listing
 
-    # When the plain and the stripped binary are parsed
-    for variant in ("plain", "stripped"):
+    # When the plain, the stripped and the Windows binary are parsed
+    for variant in ("plain", "stripped", "windows"):
         packages = parse_as(GoCataloger(), "usr/local/bin/app", go_binaries[variant])
 
         # Then the main module and every dependency are reported, replacements applied
@@ -744,6 +746,56 @@ def test_go_binary_without_section_headers_is_searched(go_binaries: dict[str, Pa
 
     # When it is parsed / Then the build information is found by its magic
     assert triples(parse_as(GoCataloger(), "app", bytes(data))) == GO_EXPECTED
+
+
+# The sentinels the Go linker puts around the module information.
+MODINFO_START = bytes.fromhex("3077af0c9274080241e1c107e6d618e6")
+MODINFO_END = bytes.fromhex("f932433186182072008242104116d8f2")
+
+
+def elf_sections(binary: Path) -> dict[str, tuple[int, int, int]]:
+    """name -> (address, file offset, size), as readelf lists them."""
+    found = {}
+    for line in run(tool("readelf"), "-SW", str(binary)).splitlines():
+        fields = line.replace("[ ", "[").split()
+        if len(fields) > 5 and fields[0].startswith("[") and fields[1].startswith("."):
+            found[fields[1]] = (int(fields[3], 16), int(fields[4], 16), int(fields[5], 16))
+    return found
+
+
+def test_go_binary_with_pre_1_18_pointer_build_info(go_binaries: dict[str, Path]) -> None:
+    # Given the real binary rewritten to the layout of Go before 1.18: the build
+    # information header points at two Go string headers (address, length), here
+    # placed at the start of .rodata together with the strings they describe
+    binary = go_binaries["plain"]
+    sections = elf_sections(binary)
+    _, info_offset, _ = sections[".go.buildinfo"]
+    rodata_address, rodata_offset, _ = sections[".rodata"]
+    version = b"go1.16.15"
+    modinfo = (
+        MODINFO_START
+        + b"path\texample.com/old/cmd/old\nmod\texample.com/old\tv0.1.0\th1:x=\n"
+        + b"dep\tgolang.org/x/text\tv0.3.7\th1:y=\n"
+        + MODINFO_END
+    )
+    strings = struct.pack("<QQ", rodata_address + 32, len(version)) + struct.pack(
+        "<QQ", rodata_address + 32 + len(version), len(modinfo)
+    )
+    header = (
+        b"\xff Go buildinf:"
+        + bytes([8, 0])
+        + struct.pack("<QQ", rodata_address, rodata_address + 16)
+    )
+    data = bytearray(binary.read_bytes())
+    data[info_offset : info_offset + 32] = header
+    blob = strings + version + modinfo
+    data[rodata_offset : rodata_offset + len(blob)] = blob
+
+    # When it is parsed / Then the pointers are followed to the modules
+    assert triples(parse_as(GoCataloger(), "app", bytes(data))) == [
+        (GO, "example.com/old", "v0.1.0"),
+        (GO, "golang.org/x/text", "v0.3.7"),
+    ]
 
 
 def test_non_go_elf_reports_nothing() -> None:

@@ -6,7 +6,9 @@ follow inline, Go 1.18 and later). Inline, two strings follow, each prefixed by 
 length as an unsigned varint: the Go version and the module information. The module
 information, between two 16-byte sentinels, has tab-separated lines: ``mod`` (the
 main module), ``dep`` (a dependency) and ``=>`` (a replacement of the line before),
-each ``path version [sum]``.
+each ``path version [sum]``. Before Go 1.18 (flag bit 1 clear) the header holds the
+addresses of the two strings instead; they are followed through the ELF section
+table, so that older format is read from ELF binaries only.
 """
 
 from __future__ import annotations
@@ -42,47 +44,82 @@ class GoCataloger:
         return head.startswith((ELF_MAGIC, PE_MAGIC, *MACHO_MAGICS))
 
     def parse(self, path: str, file: BinaryIO) -> list[Package]:
-        """The main module and every dependency; [] for a binary not built by Go 1.18+."""
+        """The main module and every dependency; [] for a binary not built by Go."""
         file.seek(0)
         head = file.read(64)
-        blob = _elf_section(path, file, head) if head.startswith(ELF_MAGIC) else None
-        if blob is None:
-            blob = _scan(file)
-        elif not blob.startswith(MAGIC):
-            blob = b""
-        if not blob:
+        elf = Elf.load(path, file, head) if head.startswith(ELF_MAGIC) else None
+        blob = _scan(file) if elf is None else elf.section(SECTION)
+        if not blob.startswith(MAGIC):
             return []
+        if len(blob) < HEADER:
+            raise InvalidContent(f"{path}: Go build information truncated")
+        if blob[15] & INLINE_FLAG:
+            modinfo = _inline_strings(path, blob)[1]
+        elif elf is not None:
+            modinfo = _pointer_strings(path, blob, elf)[1]
+        else:
+            return []  # before Go 1.18, and no section table to follow its pointers
         return [
             Package(type=GO, name=name, version=version, path=path)
-            for name, version in modules(path, blob)
+            for name, version in modules(modinfo)
         ]
 
 
-def _elf_section(path: str, file: BinaryIO, head: bytes) -> bytes | None:
-    """The .go.buildinfo section's bytes, b"" when the ELF has none, or None when the
-    section headers cannot tell (stripped away), so the data must be searched."""
-    if len(head) < 64 or head[4] not in (1, 2) or head[5] not in (1, 2):
-        raise InvalidContent(f"{path}: truncated or unknown ELF header")
-    wide = head[4] == 2
-    order = "<" if head[5] == 1 else ">"
-    if wide:
-        (shoff,) = struct.unpack_from(order + "Q", head, 0x28)
-        entsize, count, names_index = struct.unpack_from(order + "HHH", head, 0x3A)
-        layout = struct.Struct(order + "II8xQQQ")  # name, type, flags, addr, offset, size
-    else:
-        (shoff,) = struct.unpack_from(order + "I", head, 0x20)
-        entsize, count, names_index = struct.unpack_from(order + "HHH", head, 0x2E)
-        layout = struct.Struct(order + "II4xIII")
-    if shoff == 0 or count == 0 or names_index >= count or entsize < layout.size:
-        return None
-    table = _read(path, file, shoff, entsize * count)
-    sections = [layout.unpack_from(table, index * entsize) for index in range(count)]
-    names = _read(path, file, sections[names_index][3], sections[names_index][4])
-    for name_offset, kind, _, offset, size in sections:
-        end = names.find(b"\0", name_offset)
-        if end >= 0 and names[name_offset:end] == SECTION:
-            return b"" if kind == 8 else _read(path, file, offset, size)  # 8: SHT_NOBITS
-    return b""
+# ELF section header fields: name offset, type, address, file offset, size
+Section = tuple[int, int, int, int, int]
+
+
+class Elf:
+    """The section table of an ELF file: section contents by name, memory by address."""
+
+    NOBITS = 8  # a section that occupies no file space (.bss)
+
+    def __init__(self, path: str, file: BinaryIO, sections: list[Section], names: bytes) -> None:
+        self.path = path
+        self.file = file
+        self.sections = sections
+        self.names = names
+
+    @classmethod
+    def load(cls, path: str, file: BinaryIO, head: bytes) -> Elf | None:
+        """The section table, or None when the file has none (it was stripped away)."""
+        if len(head) < 64 or head[4] not in (1, 2) or head[5] not in (1, 2):
+            raise InvalidContent(f"{path}: truncated or unknown ELF header")
+        order = "<" if head[5] == 1 else ">"
+        if head[4] == 2:
+            (table_offset,) = struct.unpack_from(order + "Q", head, 0x28)
+            entry_size, count, names_index = struct.unpack_from(order + "HHH", head, 0x3A)
+            layout = struct.Struct(order + "II8xQQQ")
+        else:
+            (table_offset,) = struct.unpack_from(order + "I", head, 0x20)
+            entry_size, count, names_index = struct.unpack_from(order + "HHH", head, 0x2E)
+            layout = struct.Struct(order + "II4xIII")
+        if table_offset == 0 or count == 0 or names_index >= count or entry_size < layout.size:
+            return None
+        table = _read(path, file, table_offset, entry_size * count)
+        sections = [layout.unpack_from(table, index * entry_size) for index in range(count)]
+        names = sections[names_index]
+        return cls(path, file, sections, _read(path, file, names[3], names[4]))
+
+    def section(self, name: bytes) -> bytes:
+        """The contents of the first section called ``name``; b"" when there is none."""
+        for name_offset, kind, _, offset, size in self.sections:
+            end = self.names.find(b"\0", name_offset)
+            if end >= 0 and self.names[name_offset:end] == name:
+                return b"" if kind == self.NOBITS else _read(self.path, self.file, offset, size)
+        return b""
+
+    def read_memory(self, address: int, size: int) -> bytes:
+        """``size`` bytes the program would see at virtual ``address``."""
+        for _, kind, start, offset, length in self.sections:
+            if (
+                kind != self.NOBITS
+                and start
+                and start <= address
+                and address + size <= start + length
+            ):
+                return _read(self.path, self.file, offset + address - start, size)
+        raise InvalidContent(f"{self.path}: Go build information points outside the sections")
 
 
 def _read(path: str, file: BinaryIO, offset: int, size: int) -> bytes:
@@ -130,11 +167,8 @@ def _varint(data: bytes, offset: int) -> tuple[int, int]:
     raise ValueError("bad varint")
 
 
-def _inline_strings(path: str, blob: bytes) -> tuple[bytes, bytes] | None:
-    if len(blob) < HEADER or not blob.startswith(MAGIC):
-        raise InvalidContent(f"{path}: Go build information truncated")
-    if not blob[15] & INLINE_FLAG:
-        return None  # Go before 1.18: pointers into the data segment, not read
+def _inline_strings(path: str, blob: bytes) -> tuple[bytes, bytes]:
+    """Go 1.18 and later: the version and the module information follow the header."""
     strings = []
     offset = HEADER
     try:
@@ -149,21 +183,32 @@ def _inline_strings(path: str, blob: bytes) -> tuple[bytes, bytes] | None:
     return strings[0], strings[1]
 
 
-def modules(path: str, blob: bytes) -> list[tuple[str, str]]:
-    """(module path, version) of the main module and each dependency.
+def _pointer_strings(path: str, blob: bytes, elf: Elf) -> tuple[bytes, bytes]:
+    """Before Go 1.18: the header holds the addresses of two Go string headers (data
+    address, length), words of the pointer size in the byte order of flags bit 0."""
+    size = blob[14]
+    if size not in (4, 8) or len(blob) < 16 + 2 * size:
+        raise InvalidContent(f"{path}: Go build information with pointer size {size}")
+    order = ">" if blob[15] & 1 else "<"
+    words = struct.Struct(order + ("II" if size == 4 else "QQ"))
+    strings = []
+    for address in words.unpack_from(blob, 16):
+        data, length = words.unpack(elf.read_memory(address, 2 * size))
+        strings.append(elf.read_memory(data, length) if length else b"")
+    return strings[0], strings[1]
+
+
+def modules(modinfo: bytes) -> list[tuple[str, str]]:
+    """(module path, version) of the main module and each dependency in ``modinfo``.
 
     A dependency replaced by another module reports the replacement, which is the
     code that was built in; one replaced by a local directory (no version of its own)
     keeps the path and version it was required at.
     """
-    strings = _inline_strings(path, blob)
-    if strings is None:
-        return []
-    info = strings[1]
-    if len(info) >= 33 and info[-17:-16] == b"\n":  # drop the sentinels around the text
-        info = info[16:-16]
+    if len(modinfo) >= 33 and modinfo[-17:-16] == b"\n":  # drop the sentinels around the text
+        modinfo = modinfo[16:-16]
     found: list[tuple[str, str]] = []
-    for line in info.decode("utf-8", errors="replace").split("\n"):
+    for line in modinfo.decode("utf-8", errors="replace").split("\n"):
         fields = line.split("\t")
         if fields[0] in ("mod", "dep") and len(fields) >= 3 and fields[1]:
             found.append((fields[1], fields[2]))
