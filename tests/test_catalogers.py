@@ -32,7 +32,7 @@ from scanner.catalogers.python import PythonCataloger
 from scanner.catalogers.rpm import RpmCataloger
 from scanner.catalogers.rpmheader import header_package
 from scanner.errors import InvalidContent
-from scanner.packages import GO, JAR, NODEJS, OS_PACKAGE, PYTHON, Package
+from scanner.packages import GO, JAR, NODEJS, OS_PACKAGE, PYTHON, Cataloger, Package
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -56,7 +56,7 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
     return result.stdout
 
 
-def parse_as(cataloger, image_path: str, real: Path | bytes) -> list[Package]:
+def parse_as(cataloger: Cataloger, image_path: str, real: Path | bytes) -> list[Package]:
     """What ``cataloger`` reports for a file at ``image_path``, after checking it wants it."""
     file = io.BytesIO(real) if isinstance(real, bytes) else real.open("rb")
     with file:
@@ -421,19 +421,20 @@ def test_rpm_sqlite_at_the_sysimage_path(rpm_root: Path, tmp_path: Path) -> None
     assert {p.path for p in packages} == {"usr/lib/sysimage/rpm/rpmdb.sqlite"}
 
 
-def make_bdb(rpm_root: Path, target: Path, page_size: int) -> None:
+def make_bdb(rpm_root: Path, target: Path, page_size: int, order: str = "<") -> None:
     """Load the headers rpm stored in rpmdb.sqlite into a Berkeley DB hash ``Packages``,
     keyed as rpm keys it: record 0 holds the next header number, then one record per
-    header, numbers in host byte order."""
+    header, numbers in the byte order of the writing machine (``order``, as struct's)."""
     connection = sqlite3.connect(rpm_root / "var/lib/rpm/rpmdb.sqlite")
     rows = connection.execute("SELECT hnum, blob FROM Packages").fetchall()
     connection.close()
+    lorder = 1234 if order == "<" else 4321
     lines = ["VERSION=3", "format=bytevalue", "type=hash", f"db_pagesize={page_size}"]
-    lines.append("HEADER=END")
-    records = [(0, struct.pack("<I", max(r[0] for r in rows) + 1))]
+    lines += [f"db_lorder={lorder}", "HEADER=END"]
+    records = [(0, struct.pack(order + "I", max(r[0] for r in rows) + 1))]
     records += [(hnum, blob) for hnum, blob in rows]
     for key, value in records:
-        lines += [" " + struct.pack("<I", key).hex(), " " + value.hex()]
+        lines += [" " + struct.pack(order + "I", key).hex(), " " + value.hex()]
     lines.append("DATA=END")
     dump = target.parent / "Packages.dump"
     dump.write_text("\n".join(lines) + "\n")
@@ -441,12 +442,19 @@ def make_bdb(rpm_root: Path, target: Path, page_size: int) -> None:
     dump.unlink()
 
 
-@pytest.mark.parametrize("page_size", [512, 4096])
-def test_rpm_berkeley_db_matches_rpm_query(rpm_root: Path, tmp_path: Path, page_size: int) -> None:
-    # Given a Berkeley DB Packages made by db5.3_load, which rpm reads back itself
+@pytest.mark.parametrize(
+    ("page_size", "order"),
+    [(512, "<"), (4096, "<"), (1024, ">")],
+    ids=["512", "4096", "big-endian"],
+)
+def test_rpm_berkeley_db_matches_rpm_query(
+    rpm_root: Path, tmp_path: Path, page_size: int, order: str
+) -> None:
+    # Given a Berkeley DB Packages made by db5.3_load (also as a big-endian machine
+    # would write it), which rpm reads back itself
     dbpath = tmp_path / "var/lib/rpm"
     dbpath.mkdir(parents=True)
-    make_bdb(rpm_root, dbpath / "Packages", page_size)
+    make_bdb(rpm_root, dbpath / "Packages", page_size, order)
     listing = rpm_listing(dbpath, "--define", "_db_backend bdb_ro")
     assert listing == rpm_listing(rpm_root / "var/lib/rpm")
     # ... where headers sit on chains of overflow pages (type 7)
@@ -894,7 +902,7 @@ def mutations(data: bytes, region: tuple[int, int], count: int, seed: int) -> It
         yield bytes(copy)
 
 
-def assert_packages_or_invalid(cataloger, path: str, samples: Iterable[bytes]) -> None:
+def assert_packages_or_invalid(cataloger: Cataloger, path: str, samples: Iterable[bytes]) -> None:
     for sample in samples:
         try:
             result = cataloger.parse(path, io.BytesIO(sample))

@@ -51,8 +51,11 @@ class RpmCataloger:
 
 
 def _bdb_blobs(path: str, file: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    for key, value in HashFile(path, file).items():
-        record = int.from_bytes(key, "little") if len(key) == 4 else -1
+    database = HashFile(path, file)
+    # Header numbers are in the writer's byte order, like the rest of the file.
+    byteorder = "little" if database.order == "<" else "big"
+    for key, value in database.items():
+        record = int.from_bytes(key, byteorder) if len(key) == 4 else -1
         # Record 0 holds rpm's next header number, not a header.
         if record != 0:
             yield record, value
