@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,10 @@ class PlatformImage:
     index_digest: str | None  # the index it was reached through
 
 
+# Describes an image manifest the caller has seen before, from its digest alone.
+Known = Callable[[str], PlatformImage | None]
+
+
 def resolve_image(
     client: RegistryClient,
     repository: str,
@@ -54,19 +58,28 @@ def resolve_image(
     *,
     checkpoint: Checkpoint | None = None,
     platforms: Collection[str] | None = None,
+    known: Known | None = None,
 ) -> list[PlatformImage]:
     """Resolve a tag or digest to its platform images, in index order.
 
     ``checkpoint`` is called before every registry request; it may raise ``ScanStopped``.
     ``platforms`` keeps only images whose os[/architecture[/variant]] starts with one
     of the given entries, e.g. ``{"linux"}`` or ``{"linux/arm64"}``.
+    ``known`` describes an image manifest from its digest when the caller has seen it
+    before (manifests are immutable); its answer is used as is, with ``index_digest``
+    set to where it was reached from now, and no config blob is fetched for it.
     """
     step = checkpoint or _no_checkpoint
+    lookup = known or _unknown
     step()
     manifest = client.get_manifest(repository, reference)
     if manifest.is_index:
-        return _resolve_index(client, repository, manifest, step, platforms)
-    image = _describe(client, repository, manifest, step, index_digest=None)
+        return _resolve_index(client, repository, manifest, step, platforms, lookup)
+    image = lookup(manifest.digest)
+    if image is not None:
+        image = replace(image, index_digest=None)
+    else:
+        image = _describe(client, repository, manifest, step, index_digest=None)
     return [image] if _wanted(image.platform, platforms) else []
 
 
@@ -106,20 +119,31 @@ def _no_checkpoint() -> None:
     return None
 
 
+def _unknown(_digest: str) -> PlatformImage | None:
+    return None
+
+
 def _resolve_index(
     client: RegistryClient,
     repository: str,
     index: Manifest,
     step: Checkpoint,
     platforms: Collection[str] | None,
+    known: Known,
 ) -> list[PlatformImage]:
     """One image per child manifest that names a platform, skipping attestations."""
     images = []
     for child in _children(index):
         if not _wanted(_descriptor_platform(child), platforms):
             continue
+        digest = _digest(child, index.digest)
+        seen = known(digest)
+        if seen is not None:
+            # The index names the child by digest, so not even its manifest is needed.
+            images.append(replace(seen, index_digest=index.digest))
+            continue
         step()
-        manifest = client.get_manifest(repository, _digest(child, index.digest))
+        manifest = client.get_manifest(repository, digest)
         if manifest.is_index:
             raise InvalidManifest(f"index {index.digest} nests index {manifest.digest}")
         image = _describe(client, repository, manifest, step, index.digest, child)

@@ -9,6 +9,7 @@ to urllib3's ``Retry`` on the session's adapter; errors come out as ``ScanError`
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import random
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
@@ -25,6 +26,7 @@ from requests.auth import AuthBase
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    HTTPError,
     MaxRetryError,
     NewConnectionError,
     ProtocolError,
@@ -33,6 +35,7 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from scanner.errors import (
+    InvalidContent,
     InvalidManifest,
     NotFound,
     RegistryAuthError,
@@ -248,6 +251,30 @@ class RegistryClient:
         verify_digest(data, digest, what)
         return data
 
+    @contextmanager
+    def open_blob(
+        self, repository: str, digest: str, *, size: int | None = None
+    ) -> Iterator[BinaryIO]:
+        """Stream a blob (a layer) as the registry stores it, compressed.
+
+        Reading it to the end verifies its digest and ``size``: a mismatch raises
+        ``InvalidContent`` there. More than ``size`` bytes are never read. A connection
+        lost while streaming raises ``RegistryUnavailable``; it is not retried here.
+        """
+        validate_repository(repository)
+        validate_digest(digest)
+        what = f"blob {image_name(self.host, repository, digest=digest)}"
+        url = self._url(f"{repository}/blobs/{digest}")
+        # A compressing server would hand us bytes that are not the blob's.
+        with self._open("GET", url, what, headers={"Accept-Encoding": "identity"}) as response:
+            self._raise_for_status(response, what)
+            declared = response.headers.get("Content-Length", "")
+            if size is not None and declared.isdigit() and int(declared) != size:
+                raise InvalidContent(
+                    f"layer {digest}: manifest says {size} bytes, registry sent {declared}"
+                )
+            yield io.BufferedReader(_VerifiedBlob(response, digest, size, what), _CHUNK)
+
     def _name(self, repository: str, reference: str) -> str:
         """Validate a repository and reference and name them for messages."""
         validate_repository(repository)
@@ -307,10 +334,15 @@ class RegistryClient:
 
     @contextmanager
     def _open(
-        self, method: str, url: str, what: str, accept: str | None = None
+        self,
+        method: str,
+        url: str,
+        what: str,
+        accept: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Iterator[requests.Response]:
         """Send a request (retried by the adapter) and turn transport failures into errors."""
-        headers = {"Accept": accept} if accept else {}
+        headers = {**(headers or {}), **({"Accept": accept} if accept else {})}
         try:
             response = self._session.request(
                 method, url, headers=headers, auth=self._auth, timeout=self._timeout, stream=True
@@ -339,6 +371,73 @@ class RegistryClient:
                 f"(gave up after {self.retries} retries)"
             )
         raise RegistryProtocolError(f"{what}: unexpected status {status}{_detail(response)}")
+
+
+class _VerifiedBlob(io.RawIOBase):
+    """A blob's body as the registry sends it, hashed as it is read and checked at EOF."""
+
+    def __init__(
+        self, response: requests.Response, digest: str, size: int | None, what: str
+    ) -> None:
+        super().__init__()
+        self._raw = response.raw
+        self._digest = digest
+        self._hash = hashlib.new(digest.partition(":")[0])
+        self._size = size
+        self._what = what
+        self._count = 0
+        self._eof = False
+        self._error: InvalidContent | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` with the next bytes; 0 at the end, once they are verified."""
+        if self._error is not None:
+            raise self._error  # a caller that swallowed it must not see a clean end
+        if self._eof:
+            return 0
+        wanted = len(buffer)
+        if self._size is not None:
+            # One byte past the size is enough to tell the registry sent too much.
+            wanted = min(wanted, self._size - self._count + 1)
+        data = self._read(wanted)
+        if not data:
+            self._eof = True
+            self._check(self._verify())
+            return 0
+        self._count += len(data)
+        if self._size is not None and self._count > self._size:
+            self._check(
+                f"layer {self._digest}: manifest says {self._size} bytes, registry sent more"
+            )
+        self._hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _read(self, amount: int) -> bytes:
+        try:
+            return self._raw.read(amount, decode_content=False)
+        except (HTTPError, OSError) as exc:
+            raise RegistryUnavailable(f"{self._what} unavailable: {_describe(exc)}") from exc
+
+    def _verify(self) -> str:
+        """Why the bytes read are not the blob, or "" when they are."""
+        if self._size is not None and self._count != self._size:
+            return (
+                f"layer {self._digest}: manifest says {self._size} bytes, "
+                f"registry sent {self._count}"
+            )
+        actual = f"{self._digest.partition(':')[0]}:{self._hash.hexdigest()}"
+        if actual != self._digest:
+            return f"layer {self._digest} digest mismatch: content is {actual}"
+        return ""
+
+    def _check(self, problem: str) -> None:
+        if problem:
+            self._error = InvalidContent(problem)
+            raise self._error
 
 
 def _read_capped(
