@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from redis import Redis
 
-from api import errors, registry, settings
+from api import credentials, errors, registry, settings
 from api.auth import Authenticator, ensure_admin
 from api.errors import ApiError
 from api.schemas import Credentials, parse_json_body
 from api.state import AppState, RawBody, State
 from models.db import make_engine, make_sessionmaker
+from regscan.secrets import check_key
 from regscan.settings import Settings
 from scheduler.service import Scheduler
 from worker.app import make_celery
@@ -38,6 +39,7 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     redis = Redis.from_url(config.redis_url)
     if scheduler is None:
         scheduler = Scheduler(config, sessions, redis, make_celery(config))
+    check_key(config)
     password = config.admin_password.get_secret_value() if config.admin_password else None
     ensure_admin(sessions, config.admin_user, password)
 
@@ -53,6 +55,7 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
     versioned.include_router(settings.router)
+    versioned.include_router(credentials.router)
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.schemas import RegistrySettings, Specification, parse_json_body
 from api.state import RawBody, State, User
 from api.views import job_view
 from models import RegistrySpec
+from models import credentials as credential_store
 from models import specs as spec_store
 from models.db import transaction
 from scanner.reference import parse_registry
@@ -66,6 +68,7 @@ def put_registry_settings(
         raise ApiError(400, 'body must be {"specifications": [...]}')
     specs = RegistrySettings.model_validate(payload).specifications
     with transaction(state.sessions) as session:
+        _check_credentials(session, specs)
         rows = spec_store.replace_specs(session, [_row_fields(s) for s in specs])
         saved = [spec_view(r) for r in rows]
     return {"specifications": saved, **_maybe_scan(state, user, scanLater or not saved)}
@@ -84,9 +87,22 @@ def add_registry_settings(
     else:
         raise ApiError(400, 'body must be one specification object or {"specifications": [...]}')
     with transaction(state.sessions) as session:
+        _check_credentials(session, specs)
         rows = spec_store.append_specs(session, [_row_fields(s) for s in specs])
         saved = [spec_view(r) for r in rows]
     return {"specifications": saved, **_maybe_scan(state, user, scanLater)}
+
+
+def _check_credentials(session: Session, specs: list[Specification]) -> None:
+    """A specification may only name a credential that exists."""
+    missing = credential_store.missing_credentials(session, (s.credentialID for s in specs))
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise ApiError(
+            400,
+            f"credentialID {names} is not a known credential: create it first with "
+            "POST /api/v1/credentials (GET /api/v1/credentials lists them)",
+        )
 
 
 def _maybe_scan(state: State, user: str, later: bool) -> dict[str, Any]:

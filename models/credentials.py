@@ -6,12 +6,14 @@ returned by any endpoint.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
+from models.specs import RegistrySpec
 
 
 class Credential(Base):
@@ -25,3 +27,68 @@ class Credential(Base):
     description: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def list_credentials(session: Session) -> list[Credential]:
+    """Every credential, by id."""
+    return list(session.scalars(select(Credential).order_by(Credential.id)))
+
+
+def get_credential(session: Session, credential_id: str) -> Credential | None:
+    return session.get(Credential, credential_id)
+
+
+def put_credential(
+    session: Session,
+    credential_id: str,
+    *,
+    type: str,
+    account_id: str,
+    secret_token: str,
+    description: str,
+) -> Credential:
+    """Create the credential, or replace every field of the one with this id."""
+    row = session.get(Credential, credential_id, with_for_update=True)
+    if row is None:
+        row = Credential(id=credential_id)
+        session.add(row)
+    row.type = type
+    row.account_id = account_id
+    row.secret_token = secret_token
+    row.description = description
+    # Set even when nothing changed, so "last modified" means "last saved".
+    row.updated_at = utcnow()
+    session.flush()
+    return row
+
+
+def specs_using(session: Session, credential_id: str) -> list[RegistrySpec]:
+    """The specifications that name this credential."""
+    stmt = (
+        select(RegistrySpec)
+        .where(RegistrySpec.credential_id == credential_id)
+        .order_by(RegistrySpec.position)
+    )
+    return list(session.scalars(stmt))
+
+
+def lock_credential(session: Session, credential_id: str) -> Credential | None:
+    """The credential, locked until the transaction ends (for a delete that checks first
+    that no specification uses it: a specification saved meanwhile waits for the lock)."""
+    return session.get(Credential, credential_id, with_for_update=True)
+
+
+def delete_credential(session: Session, row: Credential) -> None:
+    session.delete(row)
+    session.flush()
+
+
+def missing_credentials(session: Session, credential_ids: Iterable[str]) -> list[str]:
+    """The ids among ``credential_ids`` that do not exist. The ones that do are share-locked
+    until the transaction ends, so they cannot be deleted under a specification being saved."""
+    wanted = sorted({c for c in credential_ids if c})
+    if not wanted:
+        return []
+    stmt = select(Credential.id).where(Credential.id.in_(wanted)).with_for_update(read=True)
+    found = set(session.scalars(stmt))
+    return [c for c in wanted if c not in found]

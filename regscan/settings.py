@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         description="Password of the first admin. Required except in standalone mode.",
     )
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key that encrypts stored registry credentials; several keys, "
+        "comma-separated, decrypt (the first encrypts) while rotating. The API and every "
+        "worker need the same key. Standalone mode keeps one in ./regscan.key.",
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API listens on.")
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")

@@ -18,10 +18,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
 from regscan.db import upgrade
+from regscan.secrets import load_or_create_key_file
 from regscan.settings import Settings
 
 STARTUP_SECONDS = 30.0
@@ -31,6 +33,7 @@ def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> i
     env = dict(os.environ)
     env["REGSCAN_DATABASE_URL"] = settings.database_url
     password = _admin_password(settings, env)
+    key_file = _secret_key(settings, env)
     upgrade(settings.database_url)
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -42,7 +45,7 @@ def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> i
         base = f"http://{settings.api_host}:{port}"
         children += _start_services(env, settings.api_host, port)
         _wait_for(f"{base}/api/v1/_ping", children)
-        _announce(base, settings, password, redis_url)
+        _announce(base, settings, password, redis_url, key_file)
         return _supervise(children)
     finally:
         _stop(children)
@@ -55,6 +58,28 @@ def _admin_password(settings: Settings, env: dict[str, str]) -> str | None:
     password = secrets.token_urlsafe(12)
     env["REGSCAN_ADMIN_PASSWORD"] = password
     return password
+
+
+def _secret_key(settings: Settings, env: dict[str, str]) -> Path | None:
+    """A configured key wins; otherwise one kept next to the database, reused on every run.
+
+    Unlike the admin password the key must survive restarts: stored credentials are
+    encrypted under it.
+    """
+    if settings.secret_key is not None:
+        return None
+    path = key_file_path(settings.database_url)
+    env["REGSCAN_SECRET_KEY"] = load_or_create_key_file(path)
+    return path
+
+
+def key_file_path(database_url: str) -> Path:
+    """``regscan.key`` in the SQLite database's directory, else in the working directory."""
+    if database_url.startswith("sqlite:///"):
+        database = database_url.removeprefix("sqlite:///").partition("?")[0]
+        if database and database != ":memory:":
+            return Path(database).resolve().parent / "regscan.key"
+    return Path.cwd() / "regscan.key"
 
 
 def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
@@ -88,8 +113,15 @@ def _spawn(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, env=env, start_new_session=True)
 
 
-def _announce(base: str, settings: Settings, password: str | None, redis_url: str) -> None:
+def _announce(
+    base: str, settings: Settings, password: str | None, redis_url: str, key_file: Path | None
+) -> None:
     shown = password if password is not None else "(from REGSCAN_ADMIN_PASSWORD)"
+    key = (
+        f"{key_file} (keep it: stored credentials need it)"
+        if key_file
+        else "(from REGSCAN_SECRET_KEY)"
+    )
     print(
         "\nregscan is running\n"
         f"  API:       {base}/api/v1\n"
@@ -97,6 +129,7 @@ def _announce(base: str, settings: Settings, password: str | None, redis_url: st
         f"  password:  {shown}\n"
         f"  database:  {settings.database_url}\n"
         f"  redis:     {redis_url}\n"
+        f"  key:       {key}\n"
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

@@ -63,7 +63,7 @@ def scan_on_demand(rt: Runtime, job_id: int) -> None:
 
 def _resolve(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> list[PlatformImage]:
     reference = item.digest or item.tag or "latest"
-    with rt.registry_client(item.registry_url) as client:
+    with rt.registry_client(item.registry_url, item.credential_id) as client:
         images = resolve_image(client, item.repository, reference, checkpoint=checkpoint)
     if not images:
         raise ScanError(f"{item.registry_host}/{item.repository}:{reference} has no platform image")

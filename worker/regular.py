@@ -100,7 +100,7 @@ class Sweep:
         self._save(batch, final=True)
 
     def _discover_spec(self, spec: Spec) -> Iterator[dict[str, Any]]:
-        with self.rt.registry_client(spec.address.base_url) as client:
+        with self.rt.registry_client(spec.address.base_url, spec.credential_id) as client:
             for repo in self._repositories(client, spec):
                 if self.stop_requested():
                     return

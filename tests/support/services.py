@@ -233,13 +233,21 @@ class RedisServer(_Process):
 
 
 class RegistryServer(_Process):
-    """A private CNCF distribution registry (2.8) with filesystem storage and no auth.
+    """A private CNCF distribution registry (2.8) with filesystem storage, no auth by default.
 
     Deleting manifests is enabled.  The registry's own log goes to :attr:`log_path`.
     ``notifications`` is rendered as ``notifications.endpoints`` of the registry's
     configuration, e.g. ``[{"name": "regscan", "url": "http://127.0.0.1:8080/hook",
     "timeout": "1s", "threshold": 3, "backoff": "1s"}]``.  With ``relative_urls`` the
     registry answers with relative ``Location`` headers.
+
+    Authentication, one of: ``htpasswd`` (a bcrypt htpasswd file: ``auth.htpasswd``) or
+    ``token_auth`` (``{"realm", "service", "issuer", "rootcertbundle"}``: ``auth.token``).
+    ``storage_dir`` puts the storage root there instead of in the server's temporary
+    directory (and leaves it in place on stop), so that several registries, say an open
+    one to push through and a protected one, can serve the same images.
+    ``redirect_blobs_to`` (a base URL) answers blob downloads with a redirect to that URL
+    plus the blob's path under the storage root, as registries backed by object storage do.
     """
 
     name = "registry"
@@ -251,10 +259,20 @@ class RegistryServer(_Process):
         relative_urls: bool = False,
         binary: str = REGISTRY_BINARY,
         port: int | None = None,
+        storage_dir: Path | None = None,
+        htpasswd: Path | None = None,
+        token_auth: dict[str, str] | None = None,
+        redirect_blobs_to: str | None = None,
     ) -> None:
+        if htpasswd is not None and token_auth is not None:
+            raise ValueError("a registry takes one of htpasswd and token_auth, not both")
         super().__init__(port)
         self.notifications = notifications
         self.relative_urls = relative_urls
+        self.storage_dir = storage_dir
+        self.htpasswd = htpasswd
+        self.token_auth = token_auth
+        self.redirect_blobs_to = redirect_blobs_to
         self.binary = binary
         self.config_path: Path | None = None
 
@@ -287,11 +305,18 @@ class RegistryServer(_Process):
         }
         if self.notifications:
             config["notifications"] = {"endpoints": self.notifications}
+        if self.htpasswd is not None:
+            config["auth"] = {"htpasswd": {"realm": "regscan-test", "path": str(self.htpasswd)}}
+        if self.token_auth is not None:
+            config["auth"] = {"token": dict(self.token_auth)}
+        if self.redirect_blobs_to is not None:
+            redirect = {"name": "redirect", "options": {"baseurl": self.redirect_blobs_to}}
+            config["middleware"] = {"storage": [redirect]}
         return config
 
     def _command(self, port: int, tmpdir: Path) -> list[str]:
-        storage = tmpdir / "storage"
-        storage.mkdir()
+        storage = self.storage_dir or tmpdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
         self.config_path = tmpdir / "config.yml"
         # JSON is valid YAML, so no YAML library is needed to write the configuration.
         self.config_path.write_text(json.dumps(self.config(port, storage), indent=2) + "\n")
@@ -302,7 +327,8 @@ class RegistryServer(_Process):
             response = requests.get(f"{self.url}/v2/", timeout=1)
         except requests.RequestException:
             return False
-        return response.status_code == 200
+        # A protected registry answers its challenge once it is up.
+        return response.status_code in (200, 401)
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -1,0 +1,172 @@
+"""``/credentials``: registry accounts that specifications name by ``credentialID``.
+
+Shaped like the reference credentials store. The secret is encrypted on arrival
+(``regscan.secrets``) and never leaves again: no response and no log line holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field, StrictStr, field_validator, model_validator
+from sqlalchemy.exc import IntegrityError
+
+from api.errors import ApiError
+from api.schemas import Strict, parse_json_body
+from api.state import RawBody, State, User
+from api.views import ts
+from models import Credential
+from models import credentials as store
+from models.db import transaction
+from regscan.secrets import SecretBox, SecretKeyError, secret_box
+
+router = APIRouter()
+
+# Types whose secret is a password or token for a registry account (HTTP Basic, or the
+# Docker token flow with those credentials). "dtr" is Docker Trusted Registry's name for it.
+SUPPORTED_TYPES = ("basic", "dtr")
+MAX_SECRET_CHARS = 64 << 10
+
+
+class Secret(Strict):
+    """The reference's ``{"encrypted": "", "plain": "..."}``."""
+
+    encrypted: StrictStr = ""
+    plain: StrictStr = ""
+
+    @model_validator(mode="after")
+    def _plain_only(self) -> Secret:
+        if self.encrypted:
+            raise ValueError(
+                "an encrypted secret from another console cannot be read here; "
+                'send it as {"plain": "..."} (it is encrypted before it is stored)'
+            )
+        if not self.plain:
+            raise ValueError('the secret is empty: send {"plain": "PASSWORD-OR-TOKEN"}')
+        if len(self.plain) > MAX_SECRET_CHARS:
+            raise ValueError(f"the secret is longer than {MAX_SECRET_CHARS} characters")
+        return self
+
+
+class CredentialIn(Strict):
+    id: StrictStr = Field(alias="_id")
+    type: StrictStr = "basic"
+    accountID: StrictStr
+    secret: Secret
+    description: StrictStr = Field(default="", max_length=255)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not v or len(v) > 128:
+            raise ValueError('must be 1 to 128 characters, e.g. "my-registry"')
+        if v != v.strip() or "/" in v or any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(
+                "must not contain '/', control characters, or leading or trailing spaces"
+            )
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if v not in SUPPORTED_TYPES:
+            raise ValueError(
+                f'credential type {v!r} is not supported; use "basic" '
+                "(a registry account and its password or access token)"
+            )
+        return v
+
+    @field_validator("accountID")
+    @classmethod
+    def _account(cls, v: str) -> str:
+        if not v or len(v) > 255:
+            raise ValueError("must be the registry account (user name), 1 to 255 characters")
+        return v
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret_string(cls, v: Any) -> Any:
+        # A plain string is accepted as well as the reference's object.
+        if isinstance(v, str):
+            return {"plain": v}
+        if not isinstance(v, dict):
+            raise ValueError('must be {"plain": "PASSWORD-OR-TOKEN"} or a string')
+        return v
+
+
+def credential_view(row: Credential) -> dict[str, Any]:
+    """A credential on the wire: everything but the secret."""
+    return {
+        "_id": row.id,
+        "type": row.type,
+        "accountID": row.account_id,
+        "description": row.description,
+        "lastModified": ts(row.updated_at),
+    }
+
+
+def _box(state: State) -> SecretBox:
+    try:
+        return secret_box(state.settings)
+    except SecretKeyError as exc:
+        raise ApiError(503, f"credentials cannot be stored: {exc}") from None
+
+
+@router.get("/credentials")
+def list_credentials(_user: User, state: State) -> list[dict[str, Any]]:
+    """Every credential, without secrets."""
+    with state.sessions() as session:
+        return [credential_view(r) for r in store.list_credentials(session)]
+
+
+@router.post("/credentials")
+def put_credential(_user: User, state: State, body: RawBody) -> dict[str, Any]:
+    """Create a credential, or replace the one with the same ``_id``."""
+    payload = parse_json_body(body)
+    if not isinstance(payload, dict):
+        raise ApiError(
+            400,
+            'body must be {"_id": "NAME", "type": "basic", "accountID": "USER", '
+            '"secret": {"plain": "PASSWORD"}}',
+        )
+    cred = CredentialIn.model_validate(payload)
+    token = _box(state).encrypt(cred.secret.plain)
+    fields = {
+        "type": cred.type,
+        "account_id": cred.accountID,
+        "secret_token": token,
+        "description": cred.description,
+    }
+    try:
+        return _save(state, cred.id, fields)
+    except IntegrityError:
+        # Two requests created the same new id at once: the second one now updates it.
+        return _save(state, cred.id, fields)
+
+
+def _save(state: State, credential_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    with transaction(state.sessions) as session:
+        return credential_view(store.put_credential(session, credential_id, **fields))
+
+
+@router.delete("/credentials/{credential_id}")
+def delete_credential(_user: User, state: State, credential_id: str) -> dict[str, Any]:
+    """Delete a credential no specification uses."""
+    with transaction(state.sessions) as session:
+        row = store.lock_credential(session, credential_id)
+        if row is None:
+            raise ApiError(
+                404, f"no credential {credential_id!r}: GET /api/v1/credentials lists them"
+            )
+        users = store.specs_using(session, credential_id)
+        if users:
+            named = ", ".join(f"{s.address} {s.repository or '*'}" for s in users)
+            raise ApiError(
+                409,
+                f"credential {credential_id!r} is used by {len(users)} specification(s) "
+                f"({named}): change their credentialID or remove them in "
+                "/settings/registry first",
+            )
+        store.delete_credential(session, row)
+    return {"deleted": credential_id}
