@@ -70,7 +70,9 @@ def result_view(result: ScanResult, image: Image | None, tags: list[Tag]) -> dic
         "scanTime": ts(result.scanned_at),
         "osDistro": result.os_distro,
         "osDistroVersion": result.os_distro_version,
-        "packages": [],
+        "osDistroRelease": image.os_distro_release if image else "",
+        "distro": image.distro if image else "",
+        "packages": package_groups(image.packages if image else []),
         "vulnerabilities": [],
         "vulnerabilitiesCount": 0,
         "vulnerabilityDistribution": {**dict.fromkeys(SEVERITIES, 0), "total": 0},
@@ -81,6 +83,23 @@ def result_view(result: ScanResult, image: Image | None, tags: list[Tag]) -> dic
         "platform": result.platform,
         **(_image_fields(image) if image else {}),
     }
+
+
+def package_groups(packages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reference grouping: ``[{pkgsType, pkgs: [{name, version, ...}]}]``."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in packages:
+        groups.setdefault(p["type"], []).append(
+            {
+                "name": p["name"],
+                "version": p["version"],
+                "sourceName": p["source_name"],
+                "sourceVersion": p["source_version"],
+                "path": "/" + p["path"],
+                "layer": p["layer"],
+            }
+        )
+    return [{"pkgsType": kind, "pkgs": pkgs} for kind, pkgs in groups.items()]
 
 
 def _image_fields(image: Image) -> dict[str, Any]:

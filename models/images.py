@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
 
@@ -58,3 +58,12 @@ class Tag(Base):
     name: Mapped[str] = mapped_column(String(255))
     digest: Mapped[str] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def find_image(session: Session, registry_host: str, repository: str, digest: str) -> Image | None:
+    stmt = select(Image).where(
+        Image.registry_host == registry_host,
+        Image.repository == repository,
+        Image.digest == digest,
+    )
+    return session.scalar(stmt)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
 
@@ -23,3 +23,31 @@ class LayerAnalysis(Base):
     # What the analyser found: package files, OS files, whiteouts (scanner.layers).
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     analysed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def cached_analysis(session: Session, digest: str, analyser_version: int) -> dict[str, Any] | None:
+    stmt = select(LayerAnalysis.result).where(
+        LayerAnalysis.digest == digest, LayerAnalysis.analyser_version == analyser_version
+    )
+    return session.scalar(stmt)
+
+
+def store_analysis(
+    session: Session,
+    digest: str,
+    analyser_version: int,
+    media_type: str,
+    size: int,
+    result: dict[str, Any],
+) -> None:
+    """Insert a layer's analysis; the caller treats a duplicate key as already stored."""
+    session.add(
+        LayerAnalysis(
+            digest=digest,
+            analyser_version=analyser_version,
+            media_type=media_type,
+            size=size,
+            result=result,
+        )
+    )
+    session.flush()

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, true, update
 from sqlalchemy.orm import Session
 
 from models.base import utcnow
-from models.images import Image, Tag
+from models.images import Image, Tag, find_image
 from models.jobs import (
     ACTIVE_STATUSES,
     ImageScan,
@@ -373,19 +373,50 @@ class PlatformImageLike(Protocol):
     index_digest: str | None
 
 
+class OSLike(Protocol):
+    distro: str
+    version: str
+    release: str
+    name: str
+
+
+class InventoryLike(Protocol):
+    """What the layer analysis found in an image (see scanner.layers.Inventory)."""
+
+    packages: Sequence[Any]  # scanner.packages.Package, each with to_json()
+    os: OSLike
+
+
 def record_results(
-    session: Session, item: ImageScan, images: Sequence[PlatformImageLike], tag_digest: str
+    session: Session,
+    item: ImageScan,
+    found: Sequence[tuple[PlatformImageLike, InventoryLike | None]],
+    tag_digest: str,
+    analyser_version: int,
 ) -> list[ScanResult]:
-    """Store what a scan of ``item`` found: images, the tag, and the new latest results."""
+    """Store what a scan of ``item`` found: images with their inventories (None: the
+    stored one still holds) made by ``analyser_version``, the tag, and the new latest
+    results."""
     if item.tag:
         _upsert_tag(session, item, tag_digest)
     _retire_latest(session, item)
     results = []
-    for found in images:
-        image = _upsert_image(session, item, found)
-        results.append(_add_result(session, item, image=image, platform=found.platform))
+    for platform_image, inventory in found:
+        image = _upsert_image(session, item, platform_image)
+        if inventory is not None:
+            _set_inventory(image, inventory, analyser_version)
+        results.append(_add_result(session, item, image=image, platform=image.platform))
     session.flush()
     return results
+
+
+def _set_inventory(image: Image, inventory: InventoryLike, analyser_version: int) -> None:
+    image.os_distro = inventory.os.distro
+    image.os_distro_version = inventory.os.version
+    image.os_distro_release = inventory.os.release
+    image.distro = inventory.os.name
+    image.packages = [p.to_json() for p in inventory.packages]
+    image.analyser_version = analyser_version
 
 
 def record_failure(session: Session, item: ImageScan, err: str) -> ScanResult:
@@ -416,6 +447,8 @@ def _add_result(
         job_id=item.job_id,
         image_scan_id=item.id,
         image_id=image.id if image else None,
+        os_distro=image.os_distro if image else "",
+        os_distro_version=image.os_distro_version if image else "",
         registry_host=item.registry_host,
         repository=item.repository,
         tag=item.tag,
@@ -451,13 +484,7 @@ def _upsert_tag(session: Session, item: ImageScan, digest: str) -> None:
 
 
 def _upsert_image(session: Session, item: ImageScan, found: PlatformImageLike) -> Image:
-    image = session.scalar(
-        select(Image).where(
-            Image.registry_host == item.registry_host,
-            Image.repository == item.repository,
-            Image.digest == found.digest,
-        )
-    )
+    image = find_image(session, item.registry_host, item.repository, found.digest)
     if image is None:
         image = Image(
             registry_host=item.registry_host, repository=item.repository, digest=found.digest

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
         description="An image handed to a worker that has not finished after this long "
         "is handed out again (the worker is taken to be gone).",
     )
+    layer_lock_seconds: float = Field(
+        default=900.0,
+        description="Longest one worker may hold a layer for analysis before others "
+        "stop waiting for it and analyse it themselves.",
+    )
+    max_layer_expanded_bytes: int = Field(
+        default=8 << 30, description="Cap on the uncompressed bytes of one layer."
+    )
     dispatch_batch: int = Field(
         default=200, description="Discovered images written per transaction during discovery."
     )

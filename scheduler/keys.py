@@ -16,6 +16,10 @@ regscan:lock:admission             redis-py Lock, TTL 10 s, held for the few mil
 regscan:stop:<job id>              "1" while a stop of that regular scan is asked for;
                                    TTL one day. Checked before each enqueue and at each
                                    image checkpoint.
+regscan:lock:layer:<digest>        redis-py Lock held while one worker downloads and
+                                   analyses that layer; TTL ``layer_lock_seconds``.
+                                   Contention: others poll for it (checking for stop)
+                                   and then read the analysis from the layer cache.
 =================================  =====================================================
 
 Celery keeps its own keys (the queues below and ``unacked*``) in the same database.
@@ -31,6 +35,10 @@ STOP_FLAG_TTL_SECONDS = 24 * 3600
 
 def stop_flag(job_id: int) -> str:
     return f"regscan:stop:{job_id}"
+
+
+def layer_lock(digest: str) -> str:
+    return f"regscan:lock:layer:{digest}"
 
 
 # Celery queues: a big sweep fills IMAGES, never ONDEMAND.

@@ -13,7 +13,10 @@ from models import services as svc
 from models.db import transaction
 from scanner.errors import ScanError, ScanStopped
 from scanner.images import PlatformImage, resolve_image
+from scanner.layers import Inventory
+from scanner.packages import ANALYSER_VERSION
 from scheduler import keys
+from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -33,14 +36,14 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
     checkpoint = _stop_checkpoint(rt, item.job_id) if stoppable else _no_checkpoint
     try:
         checkpoint()
-        images = _resolve(rt, item, checkpoint)
+        found = _scan(rt, item, checkpoint)
     except ScanStopped:
         _write(rt, item, attempt, ItemStatus.SKIPPED, None)
     except ScanError as exc:
         log.warning("image_scan=%s failed: %s", item.id, exc)
         _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
     else:
-        _write(rt, item, attempt, ItemStatus.DONE, images)
+        _write(rt, item, attempt, ItemStatus.DONE, found)
 
 
 def scan_on_demand(rt: Runtime, job_id: int) -> None:
@@ -61,13 +64,30 @@ def scan_on_demand(rt: Runtime, job_id: int) -> None:
             svc.append_job_error(session, job_id, _item_errors(session, job_id))
 
 
-def _resolve(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> list[PlatformImage]:
+Found = list[tuple[PlatformImage, Inventory | None]]
+
+
+def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found:
+    """Each platform image of the item, with its inventory (None: unchanged since the
+    last scan by this analyser version, so nothing was downloaded for it)."""
     reference = item.digest or item.tag or "latest"
+    known = KnownImages(rt, item.registry_host, item.repository)
     with rt.registry_client(item.registry_url, item.credential_id) as client:
-        images = resolve_image(client, item.repository, reference, checkpoint=checkpoint)
-    if not images:
-        raise ScanError(f"{item.registry_host}/{item.repository}:{reference} has no platform image")
-    return images
+        images = resolve_image(
+            client, item.repository, reference, checkpoint=checkpoint, known=known
+        )
+        if not images:
+            name = f"{item.registry_host}/{item.repository}:{reference}"
+            raise ScanError(f"{name} has no platform image")
+        found: Found = []
+        for image in images:
+            if image.digest in known.hits:
+                found.append((image, None))  # unchanged: its stored inventory holds
+            else:
+                found.append(
+                    (image, take_inventory(rt, client, item.repository, image, checkpoint))
+                )
+        return found
 
 
 def _write(
@@ -75,7 +95,7 @@ def _write(
     item: ImageScan,
     attempt: int,
     status: ItemStatus,
-    found: list[PlatformImage] | str | None,
+    found: Found | str | None,
 ) -> None:
     for _ in range(WRITE_TRIES):
         try:
@@ -83,8 +103,9 @@ def _write(
                 error = found if isinstance(found, str) else None
                 svc.finish_item(session, item, attempt, status, error)
                 if isinstance(found, list):
-                    tag_digest = found[0].index_digest or found[0].digest
-                    svc.record_results(session, item, found, tag_digest)
+                    first = found[0][0]
+                    tag_digest = first.index_digest or first.digest
+                    svc.record_results(session, item, found, tag_digest, ANALYSER_VERSION)
                 elif error is not None:
                     svc.record_failure(session, item, error)
             return

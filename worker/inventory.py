@@ -1,0 +1,152 @@
+"""The inventory of an image: from the layer cache where it can, from the registry
+where it must, one download per layer however many workers want it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from redis.lock import Lock
+from sqlalchemy.exc import IntegrityError
+
+from models import Image
+from models import images as images_store
+from models import layers as layer_store
+from models.db import transaction
+from scanner.catalogers import ALL as CATALOGERS
+from scanner.images import Layer, PlatformImage
+from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image
+from scanner.packages import ANALYSER_VERSION
+from scanner.registry import RegistryClient
+from scheduler import keys
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+LOCK_POLL_SECONDS = 0.2
+
+
+class LayerCache:
+    """Cache lookups that, on a miss, hold the layer's Redis lock until the analysis
+    is stored, so concurrent scans of images sharing a layer download it once."""
+
+    def __init__(self, rt: Runtime, checkpoint: Callable[[], None]) -> None:
+        self.rt = rt
+        self.checkpoint = checkpoint
+        self.held: dict[str, Lock] = {}
+
+    def get(self, digest: str) -> LayerAnalysis | None:
+        found = self._lookup(digest)
+        if found is not None:
+            return found
+        lock = self.rt.redis.lock(
+            keys.layer_lock(digest), timeout=self.rt.settings.layer_lock_seconds
+        )
+        while not lock.acquire(blocking=False):
+            self.checkpoint()  # a stop must not wait for someone else's download
+            time.sleep(LOCK_POLL_SECONDS)
+        found = self._lookup(digest)  # the holder we waited for may have stored it
+        if found is not None:
+            _release(lock)
+            return found
+        self.held[digest] = lock
+        return None
+
+    def put(self, digest: str, media_type: str, size: int, analysis: LayerAnalysis) -> None:
+        try:
+            with transaction(self.rt.sessions) as session:
+                layer_store.store_analysis(
+                    session, digest, ANALYSER_VERSION, media_type, size, analysis.to_json()
+                )
+        except IntegrityError:
+            pass  # stored meanwhile by a worker that did not see our lock (it expired)
+        finally:
+            lock = self.held.pop(digest, None)
+            if lock is not None:
+                _release(lock)
+
+    def release_all(self) -> None:
+        for lock in self.held.values():
+            _release(lock)
+        self.held.clear()
+
+    def _lookup(self, digest: str) -> LayerAnalysis | None:
+        with self.rt.sessions() as session:
+            result = layer_store.cached_analysis(session, digest, ANALYSER_VERSION)
+        return LayerAnalysis.from_json(result) if result is not None else None
+
+
+def _release(lock: Lock) -> None:
+    try:
+        lock.release()
+    except Exception:  # expired meanwhile: nothing of ours to release
+        log.debug("layer lock %s was no longer ours", lock.name)
+
+
+@contextmanager
+def layer_cache(rt: Runtime, checkpoint: Callable[[], None]) -> Iterator[LayerCache]:
+    cache = LayerCache(rt, checkpoint)
+    try:
+        yield cache
+    finally:
+        cache.release_all()
+
+
+def take_inventory(
+    rt: Runtime,
+    client: RegistryClient,
+    repository: str,
+    image: PlatformImage,
+    checkpoint: Callable[[], None],
+) -> Inventory:
+    """Analyse an image's layers (each from the cache if it was seen before) and merge."""
+    limits = Limits(max_expanded_bytes=rt.settings.max_layer_expanded_bytes)
+    with layer_cache(rt, checkpoint) as cache:
+        return analyse_image(
+            client,
+            repository,
+            image.layers,
+            catalogers=CATALOGERS,
+            cache_get=cache.get,
+            cache_put=cache.put,
+            checkpoint=checkpoint,
+            limits=limits,
+        )
+
+
+class KnownImages:
+    """A ``known`` hook for ``resolve_image``: images this analyser version has already
+    inventoried are described from the database, so no blob of theirs is fetched again.
+    ``hits`` holds the digests it answered for."""
+
+    def __init__(self, rt: Runtime, registry_host: str, repository: str) -> None:
+        self.rt = rt
+        self.registry_host = registry_host
+        self.repository = repository
+        self.hits: set[str] = set()
+
+    def __call__(self, digest: str) -> PlatformImage | None:
+        with self.rt.sessions() as session:
+            image = images_store.find_image(session, self.registry_host, self.repository, digest)
+        if image is None or image.analyser_version != ANALYSER_VERSION:
+            return None
+        self.hits.add(digest)
+        return stored_platform_image(image)
+
+
+def stored_platform_image(image: Image) -> PlatformImage:
+    parts = image.platform.split("/")
+    return PlatformImage(
+        digest=image.digest,
+        media_type=image.media_type,
+        platform=image.platform,
+        os=image.os,
+        architecture=image.architecture,
+        variant=parts[2] if len(parts) > 2 else "",
+        created=image.created,
+        size=image.size,
+        layers=[Layer(x["digest"], x["size"], x["mediaType"]) for x in image.layers],
+        config_digest=image.config_digest,
+        index_digest=image.index_digest,
+    )
