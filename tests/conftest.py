@@ -40,6 +40,8 @@ FAST_TIMINGS = {
     "REGSCAN_REGISTRY_RETRIES": "2",
     "REGSCAN_REGISTRY_BACKOFF": "0.1",
     "REGSCAN_REGISTRY_READ_TIMEOUT": "15",
+    # Small enough for a test's decompression bomb to cross it.
+    "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
 }
 
 

@@ -4,17 +4,22 @@ lists compared exactly."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Api
-from tests.support.images import Pusher, make_layer
+from tests.support.images import DOCKER_LAYER_GZIP, Blob, Pusher, make_layer
 from tests.support.proxy import FaultProxy
 from tests.support.services import RegistryServer
+from tests.test_catalogers import GO_EXPECTED, go_binaries, rpm_listing, rpm_root
+
+__all__ = ["go_binaries", "rpm_root"]  # fixtures shared with the cataloger tests
 
 DEBIAN_OS_RELEASE = Path("/etc/os-release").read_bytes()
 ALPINE_OS_RELEASE = (
@@ -228,3 +233,81 @@ def test_a_shared_layer_is_fetched_once_and_unchanged_images_fetch_no_blob(
             assert len(r["packages"][0]["pkgs"]) > 100
     finally:
         proxy.close()
+
+
+def test_an_rpm_image_lists_what_rpm_itself_lists(
+    api: Api, pusher: Pusher, registry: RegistryServer, scope: str, rpm_root: Path
+):
+    # Given an image with an rpmdb.sqlite written by rpm (four packages and a signing key)
+    db = rpm_root / "var/lib/rpm/rpmdb.sqlite"
+    files = {
+        "etc/os-release": b'NAME="Rocky Linux"\nID="rocky"\nVERSION_ID="9.3"\n',
+        "var/lib/rpm/rpmdb.sqlite": db.read_bytes(),
+    }
+    expected = {
+        (name, version)
+        for name, version, _epoch, _src in rpm_listing(rpm_root / "var/lib/rpm")
+        if name != "gpg-pubkey"
+    }
+    pusher.push_image(f"{scope}/rocky", "9", files)
+
+    result = scan_one(api, registry, f"{scope}/rocky", "9")
+
+    assert (result["osDistro"], result["osDistroVersion"]) == ("rocky", "9.3")
+    assert packages(result) == {"package": expected}
+
+
+def test_a_go_binary_lists_its_modules(
+    api: Api, pusher: Pusher, registry: RegistryServer, scope: str, go_binaries: dict
+):
+    files = {"usr/local/bin/app": go_binaries["plain"].read_bytes()}
+    pusher.push_image(f"{scope}/goapp", "1", files)
+
+    result = scan_one(api, registry, f"{scope}/goapp", "1")
+
+    assert packages(result) == {"go": {(name, version) for _t, name, version in GO_EXPECTED}}
+
+
+def hostile_layer(kind: str) -> Blob:
+    """A gzip layer with one member a scanner must refuse."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("etc/hostname")
+        if kind == "traversal":
+            info.name = "../../etc/cron.d/evil"
+        elif kind == "device":
+            info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+        elif kind == "bomb":
+            info.size = 128 << 20  # zeros: tiny once compressed, over the stack's 64 MiB cap
+        payload = b"\0" * info.size
+        tar.addfile(info, io.BytesIO(payload) if info.size else None)
+    data = gzip.compress(buf.getvalue(), compresslevel=9)
+    return Blob.of(data, DOCKER_LAYER_GZIP)
+
+
+def test_hostile_images_end_their_own_scan_with_a_clear_error_and_the_sweep_goes_on(
+    api: Api, pusher: Pusher, registry: RegistryServer, scope: str
+):
+    # Given a repository with one sound image and three hostile ones
+    repo = f"{scope}/mixed"
+    pusher.push_image(repo, "good", dist_info("fine", "1.0"))
+    for kind in ("traversal", "device", "bomb"):
+        pusher.push_image(repo, kind, [hostile_layer(kind)])
+    api.set_specs(spec(f"http://{registry.host}", repo, cap=0))
+
+    # When a sweep scans the repository
+    done = api.wait_job(api.scan().json()["id"], timeout=120)
+
+    # Then the sound image is scanned and each hostile one fails with its reason
+    assert done["status"] == "completed"
+    assert (done["counts"]["scanned"], done["counts"]["failed"]) == (1, 3)
+    errors = {e["tag"]: e["err"] for e in done["errors"]}
+    assert "'../../etc/cron.d/evil' escapes the image root" in errors["traversal"]
+    assert "device" in errors["device"] and "etc/hostname" in errors["device"]
+    assert "expands to more than the limit" in errors["bomb"]
+    for tag, err in errors.items():
+        [result] = api.results(name=f"{registry.host}/{repo}:{tag}")
+        assert result["err"] == err
+    assert packages(api.results(name=f"{registry.host}/{repo}:good")[0]) == {
+        "python": {("fine", "1.0")}
+    }
