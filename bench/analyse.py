@@ -104,7 +104,16 @@ def child(path: str, digest: str) -> None:
         )
     found = sum(len(p) for p in analysis.packages.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"packages": found, "idle_rss_kib": idle_rss, "peak_rss_kib": peak}))
+    print(
+        json.dumps(
+            {
+                "packages": found,
+                "expanded": analysis.expanded_bytes,
+                "idle_rss_kib": idle_rss,
+                "peak_rss_kib": peak,
+            }
+        )
+    )
 
 
 def best(runs: int, argv: list[str]) -> tuple[float, str]:
@@ -130,7 +139,11 @@ def main() -> int:
             args.runs, ["bash", "-o", "pipefail", "-c", f"gzip -dc {layer} | tar -t > /dev/null"]
         )
         ours, out = best(args.runs, [sys.executable, __file__, "--child", str(layer), digest])
-        report(layer, expanded, baseline, ours, json.loads(out), args.runs)
+        found = json.loads(out)
+        # Both sides must have read the whole layer for the times to compare.
+        if found["expanded"] < expanded:
+            raise SystemExit(f"analysis read {found['expanded']} of {expanded} bytes")
+        report(layer, expanded, baseline, ours, found, args.runs)
     return 0
 
 
@@ -147,7 +160,7 @@ def report(layer: Path, expanded: int, baseline: float, ours: float, found: dict
         f"analysing process peak RSS: {peak:.0f} MiB ({idle:.0f} MiB before reading the "
         f"layer, so {peak - idle:.0f} MiB for {expanded / mb:.0f} MB of layer)"
     )
-    print(f"packages found: {found['packages']}")
+    print(f"packages found: {found['packages']}; bytes read by regscan: {found['expanded']}")
     print(
         f"machine: {os.cpu_count()} cpus, {platform.python_implementation()} "
         f"{platform.python_version()}, {platform.system()} {platform.machine()}"
