@@ -12,7 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from models import Image, LayerAnalysis
+from scanner.packages import ANALYSER_VERSION
 from tests.conftest import Api
 from tests.support.images import DOCKER_LAYER_GZIP, Blob, Pusher, make_layer
 from tests.support.proxy import FaultProxy
@@ -311,3 +314,39 @@ def test_hostile_images_end_their_own_scan_with_a_clear_error_and_the_sweep_goes
     assert packages(api.results(name=f"{registry.host}/{repo}:good")[0]) == {
         "python": {("fine", "1.0")}
     }
+
+
+def test_layers_analysed_by_an_older_analyser_are_analysed_again_and_only_they(
+    api: Api, pusher: Pusher, registry: RegistryServer, name: str, db
+):
+    # Given an image of two layers, scanned once, behind a proxy counting requests
+    proxy = FaultProxy.for_url(registry.url)
+    older, current = make_layer(dist_info("old", "1.0")), make_layer(dist_info("new", "1.0"))
+    pushed = pusher.push_image(f"{name}/app", "1", [older, current])
+    api.set_specs(spec(f"http://{proxy.host}", f"{name}/app"))
+    try:
+        assert api.wait_job(api.scan().json()["id"])["status"] == "completed"
+
+        # When one layer's cached analysis (and so the image's inventory) is from an
+        # older analyser version
+        with db.begin() as session:
+            session.execute(
+                update(LayerAnalysis)
+                .where(LayerAnalysis.digest == older.digest)
+                .values(analyser_version=ANALYSER_VERSION - 1)
+            )
+            session.execute(
+                update(Image)
+                .where(Image.digest == pushed.digest)
+                .values(analyser_version=ANALYSER_VERSION - 1)
+            )
+        proxy.clear()
+        assert api.wait_job(api.scan().json()["id"])["status"] == "completed"
+
+        # Then exactly that layer (and the config) is fetched and analysed again
+        blobs = sorted(p.rsplit("/", 1)[-1] for m, p in proxy.requests if "/blobs/" in p)
+        assert blobs == sorted([older.digest, pushed.config_digest])
+        [result] = api.results(name=f"{proxy.host}/{name}/app:1")
+        assert packages(result) == {"python": {("old", "1.0"), ("new", "1.0")}}
+    finally:
+        proxy.close()
