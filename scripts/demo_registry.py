@@ -20,6 +20,16 @@ from tests.support.images import Pusher
 from tests.support.services import RegistryServer
 
 
+def alpine(version: str) -> dict[str, bytes]:
+    """An Alpine-like root: release files and an apk database of two packages."""
+    installed = "P:musl\nV:1.2.4-r2\no:musl\n\nP:libcrypto3\nV:3.1.4-r5\no:openssl\n"
+    return {
+        "etc/alpine-release": f"{version}\n".encode(),
+        "etc/os-release": f'ID=alpine\nVERSION_ID={version}\nNAME="Alpine Linux"\n'.encode(),
+        "lib/apk/db/installed": installed.encode(),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000)
@@ -29,13 +39,13 @@ def main() -> int:
         push.push_image(
             "demo/alpine",
             "3.19",
-            {"etc/alpine-release": b"3.19.1\n"},
+            alpine("3.19.1"),
             created="2024-01-26T00:00:00Z",
         )
         push.push_image(
             "demo/alpine",
             "3.20",
-            {"etc/alpine-release": b"3.20.0\n"},
+            alpine("3.20.0"),
             created="2024-05-22T00:00:00Z",
         )
         app = push.push_multiplatform("demo/app", "1.0", {"app/main": b"demo\n"})
