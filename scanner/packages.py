@@ -50,9 +50,7 @@ class Cataloger(Protocol):
         """Whether this file is one of ours. ``path`` is relative to the image root
         ("usr/lib/python3/dist-packages/x.dist-info/METADATA"); ``head`` holds the
         first bytes of the file (up to 512), for catalogers that sniff content."""
-        ...
 
     def parse(self, path: str, file: BinaryIO) -> list[Package]:
         """The packages this file describes. ``file`` is seekable. Raise
         ``scanner.errors.InvalidContent`` when the file is not what it should be."""
-        ...
