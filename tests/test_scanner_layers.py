@@ -579,6 +579,33 @@ def test_a_decompression_bomb_is_stopped_early(
     assert source.count < bomb.size // 4
 
 
+def _zstd_bomb(expanded: int) -> bytes:
+    """A zstd layer of one file of ``expanded`` zero bytes, streamed into the compressor."""
+    info = tarfile.TarInfo("zeros")
+    info.size = expanded
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=19).stream_writer(out, closefd=False) as writer:
+        writer.write(info.tobuf(tarfile.PAX_FORMAT))
+        zeros = bytes(1 << 20)
+        for _ in range(expanded >> 20):
+            writer.write(zeros)
+        writer.write(bytes(1024))
+    return out.getvalue()
+
+
+def test_a_zstd_decompression_bomb_is_stopped_early(
+    client: RegistryClient, pusher: Pusher, name: str
+) -> None:
+    # Given a tiny zstd layer that expands to 128 MiB
+    bomb = layer(_zstd_bomb(128 << 20), OCI_ZSTD)
+    assert bomb.size < 200_000
+    push(pusher, name, [bomb])
+
+    # When it is analysed with a limit of 1 MiB expanded, then it is refused
+    with pytest.raises(InvalidContent, match=f"layer {bomb.digest} expands to more than the limit"):
+        inventory(client, name, limits=Limits(max_expanded_bytes=1 << 20))
+
+
 class _Counting:
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
