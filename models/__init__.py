@@ -16,6 +16,7 @@ from models.jobs import (
 from models.layers import LayerAnalysis
 from models.specs import RegistrySpec
 from models.users import AuthToken, User
+from models.vulns import Finding, ImagePackage, VulnDbState, VulnPackage, VulnRecord, VulnSource
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -23,7 +24,9 @@ __all__ = [
     "AuthToken",
     "Base",
     "Credential",
+    "Finding",
     "Image",
+    "ImagePackage",
     "ImageScan",
     "ItemStatus",
     "JobKind",
@@ -34,4 +37,8 @@ __all__ = [
     "ScanResult",
     "Tag",
     "User",
+    "VulnDbState",
+    "VulnPackage",
+    "VulnRecord",
+    "VulnSource",
 ]

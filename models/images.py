@@ -39,6 +39,9 @@ class Image(Base):
     packages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # Analyser version the inventory was made with; None until analysed.
     analyser_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Vulnerability data generation (models.vulns.VulnDbState) the findings were
+    # matched against; None until matched.
+    matched_generation: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_scanned: Mapped[datetime] = mapped_column(default=utcnow)
 
