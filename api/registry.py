@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from api import views
 from api.errors import ApiError
@@ -52,21 +52,50 @@ def stop_scan(_user: User, state: State) -> dict[str, Any]:
 SortField = Literal["scanTime", "registry", "repository", "repo", "tag", "id"]
 
 
+def result_filter(
+    name: str | None = Query(None, description="REGISTRY/REPO:TAG"),
+    registry: str | None = None,
+    repository: str | None = None,
+    id: str | None = Query(None, description="image id (config digest) or manifest digest"),
+    cve: str | None = Query(None, description="only images affected by this vulnerability"),
+    package: str | None = Query(None, description="only images holding this package"),
+    packageVersion: str | None = Query(None, description="with package: this version only"),
+) -> queries.ResultFilter:
+    """The filters shared by the result list and its exports."""
+    if packageVersion is not None and package is None:
+        raise ApiError(400, "packageVersion needs package: add ?package=NAME")
+    try:
+        host = parse_registry(registry).host if registry else None
+        tag = None
+        if name:
+            host, repository, tag = _split_name(name)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return queries.ResultFilter(
+        registry=host,
+        repository=repository,
+        tag=tag,
+        image_id=id,
+        cve=cve,
+        package=package,
+        package_version=packageVersion,
+    )
+
+
+Filter = Annotated[queries.ResultFilter, Depends(result_filter)]
+
+
 @router.get("/registry")
 def list_results(
     _user: User,
     state: State,
     response: Response,
-    name: str | None = Query(None, description="REGISTRY/REPO:TAG"),
-    registry: str | None = None,
-    repository: str | None = None,
-    id: str | None = None,
+    flt: Filter,
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=250),
     sort: SortField | None = None,
     reverse: bool = False,
 ) -> list[dict[str, Any]]:
-    flt = _result_filter(name, registry, repository, id)
     with state.sessions() as session:
         rows, total = queries.latest_results(
             session, flt, offset=offset, limit=limit, sort=sort, reverse=reverse
@@ -78,19 +107,6 @@ def list_results(
         ]
     response.headers["Total-Count"] = str(total)
     return body
-
-
-def _result_filter(
-    name: str | None, registry: str | None, repository: str | None, image_id: str | None
-) -> queries.ResultFilter:
-    try:
-        host = parse_registry(registry).host if registry else None
-        tag = None
-        if name:
-            host, repository, tag = _split_name(name)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return queries.ResultFilter(registry=host, repository=repository, tag=tag, image_id=image_id)
 
 
 def _split_name(name: str) -> tuple[str, str, str | None]:

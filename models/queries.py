@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from models.images import Image, Tag
 from models.jobs import ImageScan, ItemStatus, JobKind, ScanJob, ScanResult
+from models.vulns import Finding, ImagePackage
 
 RESULT_SORTS = {
     "scanTime": ScanResult.scanned_at,
@@ -28,6 +29,9 @@ class ResultFilter:
     repository: str | None = None
     tag: str | None = None
     image_id: str | None = None
+    cve: str | None = None  # images with a finding of this vulnerability
+    package: str | None = None  # images holding this package (by name or source name)
+    package_version: str | None = None
 
 
 def latest_results(
@@ -66,12 +70,41 @@ def _filtered(stmt: Select, flt: ResultFilter) -> Select:
         stmt = stmt.where(ScanResult.repository == flt.repository)
     if flt.tag is not None:
         stmt = stmt.where(ScanResult.tag == flt.tag)
+    if flt.cve is not None:
+        affected = select(Finding.image_id).where(Finding.vuln_id == flt.cve.upper())
+        stmt = stmt.where(ScanResult.image_id.in_(affected))
+    if flt.package is not None:
+        stmt = stmt.where(
+            ScanResult.image_id.in_(_images_holding(flt.package, flt.package_version))
+        )
     if flt.image_id is not None:
         config_digest = select(Image.id).where(Image.config_digest == flt.image_id)
         stmt = stmt.where(
             or_(ScanResult.digest == flt.image_id, ScanResult.image_id.in_(config_digest))
         )
     return stmt
+
+
+def _images_holding(name: str, version: str | None) -> Select:
+    stmt = select(ImagePackage.image_id).where(
+        or_(ImagePackage.name == name, ImagePackage.source_name == name)
+    )
+    return stmt.where(ImagePackage.version == version) if version is not None else stmt
+
+
+def findings_of(session: Session, image_ids: Sequence[int]) -> dict[int, list[Finding]]:
+    """The findings of each image, most severe first."""
+    out: dict[int, list[Finding]] = defaultdict(list)
+    if not image_ids:
+        return out
+    stmt = (
+        select(Finding)
+        .where(Finding.image_id.in_(set(image_ids)))
+        .order_by(Finding.image_id, Finding.cvss.desc().nulls_last(), Finding.vuln_id)
+    )
+    for finding in session.scalars(stmt):
+        out[finding.image_id].append(finding)
+    return out
 
 
 def tags_of(session: Session, images: Sequence[Image]) -> dict[int, list[Tag]]:
