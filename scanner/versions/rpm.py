@@ -1,0 +1,82 @@
+"""RPM versions (``[epoch:]version[-release]``), ordered as rpm's own comparison.
+
+Each part is compared as rpmvercmp() does: characters other than ASCII letters,
+digits, ``~`` and ``^`` only separate segments; ``~`` sorts before everything,
+even the end of the string; ``^`` sorts after the end but before any segment;
+letter segments sort before digit segments; digit segments compare as numbers.
+As in rpm, a release is compared only when both versions have one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from scanner.versions._base import InvalidVersion, sign
+
+# Token ranks, in rpmvercmp's order.
+_TILDE, _END, _CARET, _ALPHA, _NUMBER = range(5)
+_TOKEN = re.compile(r"~|\^|[A-Za-z]+|[0-9]+")
+_EPOCH = re.compile(r"[0-9]*")
+
+Token = tuple[int, int | str]
+_END_TOKEN: Token = (_END, 0)
+
+
+def segments_key(text: str) -> tuple[Token, ...]:
+    """Key of one rpmvercmp() operand (an epoch, version or release)."""
+    tokens: list[Token] = []
+    for match in _TOKEN.finditer(text):
+        tok = match.group()
+        if tok == "~":
+            tokens.append((_TILDE, 0))
+        elif tok == "^":
+            tokens.append((_CARET, 0))
+        elif tok[0].isdigit():
+            tokens.append((_NUMBER, int(tok)))
+        else:
+            tokens.append((_ALPHA, tok))
+    tokens.append(_END_TOKEN)
+    return tuple(tokens)
+
+
+def vercmp(a: str, b: str) -> int:
+    """rpmvercmp(): compare two version or release strings without epoch splitting."""
+    return sign(segments_key(a), segments_key(b))
+
+
+def parse(v: str) -> tuple[str, str, str | None]:
+    """Split ``v`` into (epoch, version, release or None) the way rpm does."""
+    if not v:
+        raise InvalidVersion("empty rpm version")
+    digits = _EPOCH.match(v).group()  # type: ignore[union-attr]  # always matches
+    rest = v[len(digits) :]
+    if rest.startswith(":"):
+        epoch, rest = digits or "0", rest[1:]
+    else:
+        epoch, rest = "0", v
+    # rpm looks for the release hyphen only after the epoch's digits.
+    version, hyphen, release = rest.rpartition("-")
+    if not hyphen:
+        return epoch, rest, None
+    return epoch, version, release
+
+
+def key(v: str) -> tuple[tuple[Token, ...], tuple[Token, ...], tuple[Token, ...]]:
+    """Return a sortable key for the rpm EVR ``v``.
+
+    rpm treats a version without release as equal to the same version with any
+    release; a total order cannot, so here a missing release sorts first.
+    """
+    epoch, version, release = parse(v)
+    rel = () if release is None else segments_key(release)
+    return segments_key(epoch), segments_key(version), rel
+
+
+def compare(a: str, b: str) -> int:
+    """Compare two rpm EVR strings."""
+    ea, va, ra = parse(a)
+    eb, vb, rb = parse(b)
+    result = vercmp(ea, eb) or vercmp(va, vb)
+    if result or ra is None or rb is None:
+        return result
+    return vercmp(ra, rb)
