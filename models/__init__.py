@@ -2,6 +2,7 @@
 
 from models.base import Base
 from models.credentials import Credential
+from models.enqueue import ApiToken, CallbackDelivery, IdempotencyKey
 from models.images import Image, Tag
 from models.jobs import (
     ACTIVE_STATUSES,
@@ -14,6 +15,7 @@ from models.jobs import (
     ScanResult,
 )
 from models.layers import LayerAnalysis
+from models.schedule import ScanSchedule, ScheduleTick, WebhookEvent
 from models.specs import RegistrySpec
 from models.users import AuthToken, User
 from models.vulns import Finding, ImagePackage, VulnDbState, VulnPackage, VulnRecord, VulnSource
@@ -21,10 +23,13 @@ from models.vulns import Finding, ImagePackage, VulnDbState, VulnPackage, VulnRe
 __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
+    "ApiToken",
     "AuthToken",
     "Base",
+    "CallbackDelivery",
     "Credential",
     "Finding",
+    "IdempotencyKey",
     "Image",
     "ImagePackage",
     "ImageScan",
@@ -35,10 +40,13 @@ __all__ = [
     "RegistrySpec",
     "ScanJob",
     "ScanResult",
+    "ScanSchedule",
+    "ScheduleTick",
     "Tag",
     "User",
     "VulnDbState",
     "VulnPackage",
     "VulnRecord",
     "VulnSource",
+    "WebhookEvent",
 ]

@@ -61,6 +61,7 @@ class ScanJob(Base):
     __table_args__ = (
         Index("ix_scan_jobs_kind_status", "kind", "status"),
         Index("ix_scan_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("ix_scan_jobs_team_kind_status", "team", "kind", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -73,6 +74,12 @@ class ScanJob(Base):
     target: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # The caller asked to wait for the running regular scan instead of being refused.
     wait: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The team of the API token that asked (fairness and limits are per team).
+    team: Mapped[str] = mapped_column(String(128), default="")
+    # A campaign's or a selected scan's scope: {"images": [...]} or {"query": {...}}.
+    selection: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Where to deliver the final state, signed (see worker/callbacks.py).
+    callback_url: Mapped[str] = mapped_column(String(2048), default="")
 
     images_total: Mapped[int] = mapped_column(Integer, default=0)
     images_scanned: Mapped[int] = mapped_column(Integer, default=0)
