@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from redis import Redis
 
-from api import credentials, errors, exports, registry, settings
+from api import credentials, errors, exports, registry, settings, webhooks
 from api.auth import Authenticator, ensure_admin
 from api.errors import ApiError
 from api.schemas import Credentials, parse_json_body
@@ -57,6 +57,7 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     versioned.include_router(settings.router)
     versioned.include_router(credentials.router)
     versioned.include_router(exports.router)
+    versioned.include_router(webhooks.router)
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)

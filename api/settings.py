@@ -11,6 +11,7 @@ from api.errors import ApiError
 from api.schemas import RegistrySettings, Specification, parse_json_body
 from api.state import RawBody, State, User
 from api.views import job_view
+from api.webhooks import webhook_url_suffix
 from models import RegistrySpec
 from models import credentials as credential_store
 from models import specs as spec_store
@@ -55,7 +56,8 @@ def _row_fields(spec: Specification) -> dict[str, Any]:
 @router.get("/settings/registry")
 def get_registry_settings(_user: User, state: State) -> dict[str, Any]:
     with state.sessions() as session:
-        return {"specifications": [spec_view(r) for r in spec_store.list_specs(session)]}
+        specs = [spec_view(r) for r in spec_store.list_specs(session)]
+    return {"specifications": specs, "webhookUrlSuffix": webhook_url_suffix(state.settings)}
 
 
 @router.put("/settings/registry")

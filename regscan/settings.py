@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         "worker need the same key. Standalone mode keeps one in ./regscan.key.",
     )
 
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that registry push notifications must carry. When unset it is "
+        "derived from the first key of REGSCAN_SECRET_KEY, so every API process agrees.",
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API listens on.")
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")

@@ -29,6 +29,7 @@ from tests.support.images import Pusher
 from tests.support.services import RedisServer, RegistryServer, free_port, postgres_url
 
 ADMIN = ("admin", "test-admin-password")
+WEBHOOK_SECRET = "test-webhook-secret"
 FINAL = {"completed", "stopped", "failed"}
 
 # Short timings so that lease expiry, takeovers and stops happen within a test.
@@ -243,6 +244,7 @@ def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Ite
         "REGSCAN_REDIS_URL": redis_url,
         "REGSCAN_ADMIN_USER": ADMIN[0],
         "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
+        "REGSCAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
     logs = tmp_path_factory.mktemp("logs")
     s = Stack(env, logs)
