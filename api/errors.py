@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scheduler.errors import Busy, NoSpecifications, OutOfScope, ScanConflict
+from scheduler.errors import Busy, NoSpecifications, NothingSelected, OutOfScope, ScanConflict
 
 
 class ApiError(Exception):
@@ -66,7 +66,8 @@ def install(app: FastAPI) -> None:
         return err(403, str(exc))
 
     @app.exception_handler(NoSpecifications)
-    async def _nothing(_request: Request, exc: NoSpecifications) -> JSONResponse:
+    @app.exception_handler(NothingSelected)
+    async def _nothing(_request: Request, exc: Exception) -> JSONResponse:
         return err(400, str(exc))
 
     @app.exception_handler(Busy)

@@ -19,6 +19,8 @@ from models.base import Base, enum_column, utcnow
 class JobKind(enum.Enum):
     REGULAR_ALL = "regular-all"
     REGULAR_IMAGE = "regular-image"
+    # A regular scan of a chosen set of images: a selection or a campaign by query.
+    REGULAR_SELECT = "regular-select"
     ON_DEMAND = "on-demand"
 
     @property
@@ -39,6 +41,7 @@ class JobStatus(enum.Enum):
         return self in FINAL_STATUSES
 
 
+REGULAR_KINDS = (JobKind.REGULAR_ALL, JobKind.REGULAR_IMAGE, JobKind.REGULAR_SELECT)
 FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.STOPPED, JobStatus.FAILED})
 ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STOPPING})
 

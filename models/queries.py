@@ -10,7 +10,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.images import Image, Tag
-from models.jobs import ImageScan, ItemStatus, JobKind, ScanJob, ScanResult
+from models.jobs import REGULAR_KINDS, ImageScan, ItemStatus, JobKind, ScanJob, ScanResult
 from models.vulns import Finding, ImagePackage
 
 RESULT_SORTS = {
@@ -151,7 +151,7 @@ def failed_items(session: Session, job_id: int, limit: int = 1000) -> Sequence[I
 
 def latest_regular_job(session: Session) -> ScanJob | None:
     """The regular scan running now, else the one that ran last."""
-    regular = ScanJob.kind.in_((JobKind.REGULAR_ALL, JobKind.REGULAR_IMAGE))
+    regular = ScanJob.kind.in_(REGULAR_KINDS)
     stmt = select(ScanJob).where(regular, ScanJob.published_at.is_not(None))
     return session.scalar(stmt.order_by(ScanJob.id.desc()).limit(1))
 
@@ -172,3 +172,42 @@ def on_demand_jobs_for(
     if digest:
         stmt = stmt.where(ImageScan.digest == digest)
     return session.scalars(stmt.order_by(ScanJob.id.desc()).limit(limit)).all()
+
+
+@dataclass(frozen=True)
+class HeldPackage:
+    """A package some current image holds, with where that image is tagged."""
+
+    registry_host: str
+    repository: str
+    tag: str
+    os_distro: str
+    type: str
+    version: str
+
+
+def holders_of(session: Session, name: str) -> list[HeldPackage]:
+    """Every tagged image whose latest result holds ``name`` (binary or source name)."""
+    stmt = (
+        select(ScanResult, Image.os_distro, ImagePackage.type, ImagePackage.version)
+        .join(Image, ScanResult.image_id == Image.id)
+        .join(ImagePackage, ImagePackage.image_id == Image.id)
+        .where(ScanResult.is_latest.is_(True), ScanResult.tag != "")
+        .where(or_(ImagePackage.name == name, ImagePackage.source_name == name))
+    )
+    return [
+        HeldPackage(r.registry_host, r.repository, r.tag, distro, kind, version)
+        for r, distro, kind, version in session.execute(stmt)
+    ]
+
+
+def affected_by(session: Session, vuln_id: str) -> list[tuple[str, str, str]]:
+    """(registry host, repository, tag) of every current image with this finding."""
+    stmt = (
+        select(ScanResult.registry_host, ScanResult.repository, ScanResult.tag)
+        .join(Finding, Finding.image_id == ScanResult.image_id)
+        .where(ScanResult.is_latest.is_(True), ScanResult.tag != "")
+        .where(Finding.vuln_id == vuln_id.upper())
+        .distinct()
+    )
+    return [(h, r, t) for h, r, t in session.execute(stmt)]

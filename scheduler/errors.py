@@ -28,5 +28,9 @@ class NoSpecifications(SchedulerError):
     """Nothing is configured to scan."""
 
 
+class NothingSelected(SchedulerError):
+    """A selection or campaign that names no image."""
+
+
 class Busy(SchedulerError):
     """A short admission lock could not be taken in time; the caller may retry."""
