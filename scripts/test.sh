@@ -40,6 +40,10 @@ command -v db5.3_load >/dev/null 2>&1 || missing+=(db5.3-util)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v readelf >/dev/null 2>&1 || missing+=(binutils)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# Version ordering is checked against npm's semver and Go's x/mod/semver.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -d /usr/share/gocode/src/golang.org/x/mod/semver ] || missing+=(golang-golang-x-mod-dev)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 if ! command -v psql >/dev/null 2>&1 || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     missing+=(postgresql)
@@ -53,6 +57,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# dpkg's ordering is checked on the real versions in apt's package lists.
+if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+    if ! as_root; then
+        log "no apt package lists: run apt-get update as root"
+        exit 1
+    fi
+    apt-get update -qq
 fi
 
 python3 - <<'EOF'

@@ -62,9 +62,13 @@ _ECOSYSTEMS = {
 }
 
 
-def _checked(scheme: str, v: str) -> str:
+def _scheme(scheme: str) -> str:
     if scheme not in _COMPARE:
         raise ValueError(f"unknown version scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    return scheme
+
+
+def _checked(scheme: str, v: str) -> str:
     if not isinstance(v, str):
         raise InvalidVersion(f"a {scheme} version must be a string, not {type(v).__name__}")
     return v
@@ -76,16 +80,13 @@ def compare(scheme: str, a: str, b: str) -> int:
     Raises InvalidVersion for a string the scheme cannot parse and ValueError for
     an unknown scheme.
     """
-    return _COMPARE[scheme](_checked(scheme, a), _checked(scheme, b))
+    compare_fn = _COMPARE[_scheme(scheme)]
+    return compare_fn(_checked(scheme, a), _checked(scheme, b))
 
 
 def sort_key(scheme: str, v: str) -> Any:
-    """Return an object ordering like ``compare`` orders ``v``, for sorting many versions.
-
-    rpm compares a release only when both versions have one; its keys sort a
-    version without a release before the same version with any release.
-    """
-    return _KEY[scheme](_checked(scheme, v))
+    """Return an object ordering like ``compare`` orders ``v``, for sorting many versions."""
+    return _KEY[_scheme(scheme)](_checked(scheme, v))
 
 
 def scheme_for(ecosystem: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Maven versions, ordered as Maven's ComparableVersion.
+"""Maven versions, ordered as Maven 3.9's ComparableVersion.
 
 A version splits into items at ``.`` and ``-`` and at every switch between
 digits and letters; a ``-`` (or a letter/digit switch) opens a nested list.
@@ -6,6 +6,10 @@ Numbers compare numerically; qualifiers compare as
 ``alpha < beta < milestone < rc = cr < snapshot < "" = ga = final = release < sp``,
 and unknown qualifiers after those, alphabetically (case-insensitive). Trailing
 zeros and release qualifiers are dropped, so ``1 == 1.0 == 1.0.0 == 1-ga``.
+
+Like Maven's, this order is not transitive for some strings that do not start
+with a non-zero number: ``0m0 < 0 < b < 0m0``. Sorting such strings gives an
+order that depends on their input order.
 """
 
 from __future__ import annotations
@@ -80,7 +84,12 @@ def _cmp(item: Item, other: Item | None) -> int:
 
 def _cmp_list(items: _List, other: Item | None) -> int:
     if other is None:
-        return _cmp(items[0], None) if items else 0
+        # Every item counts against nothing, not just the first (Maven's MNG-6964).
+        for item in items:
+            result = _cmp(item, None)
+            if result:
+                return result
+        return 0
     if isinstance(other, int):
         return -1
     if isinstance(other, _Str):
@@ -108,8 +117,8 @@ def _normalize(items: _List) -> None:
 
 def parse(version: str) -> _List:
     """Parse ``version`` into ComparableVersion's item tree."""
-    if not isinstance(version, str):
-        raise InvalidVersion(f"not a Maven version: {version!r}")
+    if not version:
+        raise InvalidVersion("empty Maven version")
     v = version.lower()
     items = current = _List()
     stack = [current]
@@ -121,8 +130,11 @@ def parse(version: str) -> _List:
             start = i + 1
             if c == "-":
                 current = _push(current, stack)
-        elif "0" <= c <= "9":
+        elif c.isdecimal():
             if not is_digit and i > start:
+                # A qualifier after a dot is treated as after a hyphen: 1.0.0.X1 < 1.0.0-X2.
+                if current:
+                    current = _push(current, stack)
                 current.append(_str_item(v[start:i], True))
                 start = i
                 current = _push(current, stack)
@@ -134,6 +146,8 @@ def parse(version: str) -> _List:
                 current = _push(current, stack)
             is_digit = False
     if len(v) > start:
+        if not is_digit and current:
+            current = _push(current, stack)
         current.append(_parse_item(is_digit, v[start:]))
     for sub in reversed(stack):
         _normalize(sub)

@@ -4,7 +4,8 @@ Each part is compared as rpmvercmp() does: characters other than ASCII letters,
 digits, ``~`` and ``^`` only separate segments; ``~`` sorts before everything,
 even the end of the string; ``^`` sorts after the end but before any segment;
 letter segments sort before digit segments; digit segments compare as numbers.
-As in rpm, a release is compared only when both versions have one.
+Epochs, versions and releases compare in turn, as rpm's ``rpm.vercmp()`` does: a
+missing epoch counts as 0, and a missing release sorts before any release.
 """
 
 from __future__ import annotations
@@ -62,21 +63,13 @@ def parse(v: str) -> tuple[str, str, str | None]:
 
 
 def key(v: str) -> tuple[tuple[Token, ...], tuple[Token, ...], tuple[Token, ...]]:
-    """Return a sortable key for the rpm EVR ``v``.
-
-    rpm treats a version without release as equal to the same version with any
-    release; a total order cannot, so here a missing release sorts first.
-    """
+    """Return a sortable key for the rpm EVR ``v``."""
     epoch, version, release = parse(v)
+    # The empty tuple sorts before every token list, as a missing release does in rpm.
     rel = () if release is None else segments_key(release)
     return segments_key(epoch), segments_key(version), rel
 
 
 def compare(a: str, b: str) -> int:
     """Compare two rpm EVR strings."""
-    ea, va, ra = parse(a)
-    eb, vb, rb = parse(b)
-    result = vercmp(ea, eb) or vercmp(va, vb)
-    if result or ra is None or rb is None:
-        return result
-    return vercmp(ra, rb)
+    return sign(key(a), key(b))

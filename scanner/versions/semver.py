@@ -59,10 +59,7 @@ def _key(core: str, v: str, short: bool = False) -> tuple[int, int, int, tuple[I
 
 def key(v: str) -> tuple[int, int, int, tuple[Ident, ...]]:
     """Return a sortable key for an npm version (a leading "=" and "v" are tolerated)."""
-    core = v.strip()
-    core = core.removeprefix("=")
-    core = core[1:] if core[:1] in ("v", "V") else core
-    return _key(core, v)
+    return _key(v.strip().removeprefix("=").removeprefix("v"), v)
 
 
 def go_key(v: str) -> tuple[int, int, int, tuple[Ident, ...]]:
