@@ -509,6 +509,21 @@ APK_CHAINS = [
     ["1.0", "1.0-r0", "1.0~ABC", "1.0~abc", "1.0~abc-r1", "1.0~abd", "1.0~abd0", "1.0_p1"],
     ["0.1", "0.9.9", "1", "1.0.0.0.1", "1.0.1", "9", "10", "100a", "100z", "101", "20240101"],
 ]
+# Single facts from real Alpine/Gentoo histories: (smaller, larger).
+APK_PAIRS = [
+    *[("1.07-r1", "1.07.5"), ("1.07", "1.19"), ("2.02.06", "2.02.10"), ("1.2.07.8", "1.2.12.04")],
+    *[("0.20070118", "0.20070207_rc1"), ("0.1.0_alpha_pre2", "0.1.0_alpha"), ("0.98", "1.00")],
+    *[
+        ("1.3_pre1-r1", "1.3.2"),
+        ("22.7-r1", "22.7.3-r1"),
+        ("2.5.1-r8", "2.5.1a-r1"),
+        ("1.7", "1.7b"),
+    ],
+    *[("2.12r-r4", "2.12r-r5"), ("0.59s-r11", "0.65"), ("1.2.07.8", "1.6d"), ("0.01", "0.06")],
+    *[("1.0.0_pre20191002222144-r0", "1.0.0_pre20210530193627-r0"), ("1.0_p9-r0", "1.0_p10-r0")],
+    *[("0.9.28.1", "087-r1"), ("02.08.01b", "2.10.1"), ("0.9.8c-r1", "0.9.8d"), ("1.1a", "1.3a")],
+    *[("0.15.1b", "0.15.1b-r2"), ("1.6.8_p9-r2", "1.6.8_p12-r1"), ("4.01", "4.20")],
+]
 APK_EQUAL = [
     ("01.0", "1.0"),
     ("1.0_rc01", "1.0_rc1"),
@@ -540,9 +555,11 @@ def _check_total_order(scheme: str, versions: Sequence[str]) -> int:
 
 def test_apk_orders_like_apk_tools() -> None:
     pairs = sum(_check_chain("apk", chain) for chain in APK_CHAINS)
+    pairs += sum(_check_chain("apk", pair) for pair in APK_PAIRS)
     for a, b in APK_EQUAL:
         assert compare("apk", a, b) == 0 == compare("apk", b, a), (a, b)
-    transitive = _check_total_order("apk", sorted({v for c in APK_CHAINS for v in c}))
+    every = {v for c in [*APK_CHAINS, *APK_PAIRS] for v in c}
+    transitive = _check_total_order("apk", sorted(every))
     print(f"apk: {pairs} chain pairs, {transitive} pairs checked for transitivity")
     assert pairs >= 300
     for bad in APK_INVALID:
