@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from redis import Redis
 
-from api import credentials, errors, exports, registry, settings, webhooks
+from api import credentials, errors, exports, registry, schedule, settings, webhooks
 from api.auth import Authenticator, ensure_admin
 from api.errors import ApiError
 from api.schemas import Credentials, parse_json_body
@@ -55,6 +55,7 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
     versioned.include_router(settings.router)
+    versioned.include_router(schedule.router)
     versioned.include_router(credentials.router)
     versioned.include_router(exports.router)
     versioned.include_router(webhooks.router)

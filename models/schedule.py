@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, ForeignKey, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
 
@@ -50,3 +51,68 @@ class WebhookEvent(Base):
         ForeignKey("scan_jobs.id", ondelete="SET NULL"), default=None
     )
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+SCHEDULE_ID = 1  # the one row
+DEFAULT_PERIOD_MS = 86_400_000
+
+
+def load_schedule(session: Session) -> ScanSchedule | None:
+    return session.get(ScanSchedule, SCHEDULE_ID)
+
+
+def ensure_schedule(session: Session) -> ScanSchedule:
+    """The schedule row, created with the defaults the first time anyone looks.
+
+    Its ``updated_at`` is where counting due times starts, so it must be stored, not
+    made up by each reader.
+    """
+    row = load_schedule(session)
+    if row is None:
+        row = ScanSchedule(id=SCHEDULE_ID, registry_scan_period_ms=DEFAULT_PERIOD_MS)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def update_schedule(session: Session, changes: dict[str, Any]) -> ScanSchedule:
+    """Change only the given columns; ``updated_at`` moves only if a value changed."""
+    row = ensure_schedule(session)
+    for column, value in changes.items():
+        setattr(row, column, value)
+    session.flush()
+    return row
+
+
+def last_tick(session: Session) -> ScheduleTick | None:
+    return session.scalars(select(ScheduleTick).order_by(ScheduleTick.due_at.desc())).first()
+
+
+def recent_ticks(session: Session, limit: int) -> list[ScheduleTick]:
+    query = select(ScheduleTick).order_by(ScheduleTick.due_at.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def claim_tick(session: Session, due_at: datetime, missed: int) -> int:
+    """Insert the tick for ``due_at``; IntegrityError means another scheduler has it.
+
+    It is written as failed until its outcome is known, so a scheduler that dies
+    between claiming and asking leaves an honest record.
+    """
+    tick = ScheduleTick(
+        due_at=due_at,
+        outcome="failed",
+        reason="the scheduler stopped before it asked for the sweep",
+        missed=missed,
+    )
+    session.add(tick)
+    session.flush()
+    return tick.id
+
+
+def record_outcome(
+    session: Session, tick_id: int, outcome: str, job_id: int | None, reason: str
+) -> None:
+    tick = session.get(ScheduleTick, tick_id)
+    if tick is not None:
+        tick.outcome, tick.job_id, tick.reason = outcome, job_id, reason

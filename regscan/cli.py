@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", default=None, help="worker node name (default: Celery's)")
     worker.set_defaults(func=cmd_worker)
 
+    sched = sub.add_parser("scheduler", help="fire the scheduled sweeps (run one or more)")
+    sched.set_defaults(func=cmd_scheduler)
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(title="db commands")
     db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
@@ -117,6 +120,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         argv += ["--hostname", args.name]
     app.worker_main(argv)
     return 0
+
+
+def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
+    from scheduler.clock import run_clock
+
+    _require_schema(settings)
+    return run_clock(settings)
 
 
 def cmd_standalone(args: argparse.Namespace, settings: Settings) -> int:

@@ -81,6 +81,20 @@ class Settings(BaseSettings):
         default=200, description="Discovered images written per transaction during discovery."
     )
 
+    schedule_min_period_ms: int = Field(
+        default=3_600_000,
+        description="Shortest registryScanPeriodMs accepted (0 always disables); "
+        "lowered only by tests that speed the clock up.",
+    )
+    schedule_cron_seconds: bool = Field(
+        default=False,
+        description="Accept a six-field cron expression whose first field is seconds.",
+    )
+    schedule_poll_seconds: float = Field(
+        default=5.0,
+        description="Longest a scheduler sleeps before reading the schedule again.",
+    )
+
     registry_connect_timeout: float = Field(default=5.0, description="Seconds to connect.")
     registry_read_timeout: float = Field(
         default=30.0, description="Seconds to wait for a registry's next bytes."

@@ -1,7 +1,7 @@
 """``regscan standalone``: the whole service on one machine, on embedded defaults.
 
 Migrates a SQLite file in the working directory, starts a redis-server of its
-own on a free loopback port, then the API and two workers (one for regular
+own on a free loopback port, then the API, a scheduler and two workers (one for regular
 scans, one for on-demand scans, so a sweep never delays an on-demand scan),
 prints where to reach them, and stops everything cleanly on Ctrl-C.
 """
@@ -105,6 +105,7 @@ def _start_services(env: dict[str, str], host: str, port: int) -> list[subproces
         _spawn([*me, "api", "--host", host, "--port", str(port)], env),
         _spawn([*me, "worker", "--queues", "regular,images", "--name", "regular@%h"], env),
         _spawn([*me, "worker", "--queues", "ondemand", "--name", "ondemand@%h"], env),
+        _spawn([*me, "scheduler"], env),
     ]
 
 

@@ -43,6 +43,9 @@ FAST_TIMINGS = {
     "REGSCAN_REGISTRY_READ_TIMEOUT": "15",
     # Small enough for a test's decompression bomb to cross it.
     "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
+    # Schedules of a few seconds, and schedulers that look often.
+    "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
+    "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",
 }
 
 
@@ -208,6 +211,23 @@ class Stack:
             30,
             f"worker {name} to be ready",
         )
+
+    def start_scheduler(self, name: str) -> None:
+        """A ``regscan scheduler`` process; ready once it logs so."""
+        log = self.logs / f"{name}.log"
+        seen = log.read_bytes().count(b"scheduler ready") if log.exists() else 0
+        self._spawn(name, "scheduler")
+        wait_for(
+            lambda: log.read_bytes().count(b"scheduler ready") > seen,
+            30,
+            f"scheduler {name} to be ready",
+        )
+
+    def terminate(self, name: str) -> int:
+        """SIGTERM, as a service manager stops a process; returns its exit code."""
+        proc = self.procs.pop(name)
+        proc.terminate()
+        return proc.wait(timeout=15)
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         self.procs[name].send_signal(sig)
