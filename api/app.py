@@ -8,7 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from redis import Redis
 
-from api import credentials, errors, exports, registry, schedule, settings, webhooks
+from api import (
+    credentials,
+    enqueue,
+    errors,
+    exports,
+    registry,
+    schedule,
+    settings,
+    tokens,
+    webhooks,
+)
 from api.auth import Authenticator, ensure_admin
 from api.errors import ApiError
 from api.schemas import Credentials, parse_json_body
@@ -54,6 +64,8 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     errors.install(app)
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
+    versioned.include_router(enqueue.router)
+    versioned.include_router(tokens.router)
     versioned.include_router(settings.router)
     versioned.include_router(schedule.router)
     versioned.include_router(credentials.router)

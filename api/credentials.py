@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
-from api.state import RawBody, State, User
+from api.state import Admin, RawBody, State
 from api.views import ts
 from models import Credential
 from models import credentials as store
@@ -114,14 +114,14 @@ def _box(state: State) -> SecretBox:
 
 
 @router.get("/credentials")
-def list_credentials(_user: User, state: State) -> list[dict[str, Any]]:
+def list_credentials(_caller: Admin, state: State) -> list[dict[str, Any]]:
     """Every credential, without secrets."""
     with state.sessions() as session:
         return [credential_view(r) for r in store.list_credentials(session)]
 
 
 @router.post("/credentials")
-def put_credential(_user: User, state: State, body: RawBody) -> dict[str, Any]:
+def put_credential(_caller: Admin, state: State, body: RawBody) -> dict[str, Any]:
     """Create a credential, or replace the one with the same ``_id``."""
     payload = parse_json_body(body)
     if not isinstance(payload, dict):
@@ -151,7 +151,7 @@ def _save(state: State, credential_id: str, fields: dict[str, str]) -> dict[str,
 
 
 @router.delete("/credentials/{credential_id}")
-def delete_credential(_user: User, state: State, credential_id: str) -> dict[str, Any]:
+def delete_credential(_caller: Admin, state: State, credential_id: str) -> dict[str, Any]:
     """Delete a credential no specification uses."""
     with transaction(state.sessions) as session:
         row = store.lock_credential(session, credential_id)

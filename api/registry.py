@@ -6,13 +6,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from api import views
+from api import enqueue, idempotency, views
+from api.auth import Principal
 from api.errors import ApiError
 from api.schemas import ScanRequest, parse_json_body
-from api.state import RawBody, State, User
+from api.state import Operator, RawBody, State, User
 from models import JobKind, ScanJob, queries
 from scanner.reference import parse_registry, validate_repository, validate_tag
-from scheduler.service import ImageRef
 
 router = APIRouter()
 
@@ -20,29 +20,41 @@ router = APIRouter()
 @router.post("/registry/scan")
 def start_scan(
     body: RawBody,
-    user: User,
+    caller: Operator,
     state: State,
+    response: Response,
     wait: bool = Query(False, description="Queue behind a running regular scan"),
+    idempotency_key: str | None = enqueue.IdempotencyKey,
 ) -> dict[str, Any]:
     payload = parse_json_body(body)
     if payload is not None and not isinstance(payload, dict):
         raise ApiError(400, "request body must be a JSON object, or empty to scan everything")
     request = ScanRequest.model_validate(payload or {})
-    sched = state.scheduler
+    enqueue.check_callbacks_enabled(state, request.callbackUrl)
+    key_hash = idempotency.fingerprint("scan", payload, wait=wait)
+    return idempotency.once(
+        state,
+        response,
+        caller.team,
+        idempotency_key,
+        key_hash,
+        lambda: views.job_view(_request_scan(state, caller, request, wait)),
+    )
+
+
+def _request_scan(state: State, caller: Principal, request: ScanRequest, wait: bool) -> ScanJob:
+    sched, user = state.scheduler, caller.name
+    owner = {"team": caller.team, "callback_url": request.callbackUrl}
     if request.tag is None:
-        job = sched.request_regular_all(user, wait=wait)
-    else:
-        t = request.tag
-        ref = ImageRef(registry=t.registry, repo=t.repo, tag=t.tag, digest=t.digest)
-        if request.onDemandScan:
-            job = sched.request_on_demand(ref, user)
-        else:
-            job = sched.request_regular_image(ref, user, wait=wait)
-    return views.job_view(job)
+        return sched.request_regular_all(user, wait=wait, **owner)
+    ref = enqueue.image_ref(request.tag)
+    if request.onDemandScan:
+        return sched.request_on_demand(ref, user, **owner)
+    return sched.request_regular_image(ref, user, wait=wait, **owner)
 
 
 @router.post("/registry/stop")
-def stop_scan(_user: User, state: State) -> dict[str, Any]:
+def stop_scan(_caller: Operator, state: State) -> dict[str, Any]:
     job = state.scheduler.stop_regular()
     if job is None:
         return {"stopped": None, "message": "no regular scan is running"}
@@ -148,7 +160,8 @@ def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
                 404, f"scan {job_id} does not exist; list scans with GET /registry/scans"
             )
         errors = [views.item_error_view(i) for i in queries.failed_items(session, job_id)]
-    return {**views.job_view(job), "errors": errors}
+        callbacks = enqueue.callback_views(session, job_id)
+    return {**views.job_view(job), "errors": errors, "callbacks": callbacks}
 
 
 @router.get("/registry/progress")

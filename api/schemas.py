@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -88,9 +89,25 @@ class TagRef(Strict):
         return self
 
 
+def validate_callback_url(url: str) -> str:
+    """An absolute http(s) URL with a host: where a job's final state is POSTed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"callbackUrl {url!r} must be an absolute http:// or https:// URL")
+    if len(url) > MAX_CALLBACK_URL:
+        raise ValueError(f"callbackUrl is longer than {MAX_CALLBACK_URL} characters")
+    return url
+
+
 class ScanRequest(Strict):
     onDemandScan: StrictBool = False
     tag: TagRef | None = None
+    callbackUrl: StrictStr = ""
+
+    @field_validator("callbackUrl")
+    @classmethod
+    def _callback(cls, v: str) -> str:
+        return validate_callback_url(v) if v else v
 
     @model_validator(mode="after")
     def _on_demand_needs_tag(self) -> ScanRequest:
@@ -100,6 +117,31 @@ class ScanRequest(Strict):
                 '"tag": ...}'
             )
         return self
+
+
+MAX_BULK_IMAGES = 1000
+MAX_CALLBACK_URL = 2048
+
+
+class BulkScanRequest(Strict):
+    """Many on-demand scans at once: one job per image."""
+
+    images: list[TagRef] = Field(min_length=1)
+    callbackUrl: StrictStr = ""
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _at_most(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > MAX_BULK_IMAGES:
+            raise ValueError(
+                f"{len(v)} images is more than {MAX_BULK_IMAGES} per request; split the list"
+            )
+        return v
+
+    @field_validator("callbackUrl")
+    @classmethod
+    def _callback(cls, v: str) -> str:
+        return validate_callback_url(v) if v else v
 
 
 SUPPORTED_VERSIONS = {"2": "Docker Registry v2"}

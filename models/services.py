@@ -46,6 +46,8 @@ def create_job(
     target: dict[str, Any] | None = None,
     wait: bool = False,
     publish_now: bool = True,
+    team: str = "",
+    callback_url: str = "",
 ) -> ScanJob:
     now = utcnow()
     job = ScanJob(
@@ -55,6 +57,8 @@ def create_job(
         source=source,
         target=target,
         wait=wait,
+        team=team,
+        callback_url=callback_url,
         created_at=now,
         published_at=now if publish_now else None,
     )

@@ -12,6 +12,7 @@ QUEUE_NAMES = {
     "regular": "regscan.regular",
     "images": "regscan.images",
     "ondemand": "regscan.ondemand",
+    "callbacks": "regscan.callbacks",
 }
 
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--queues",
         default="regular,images,ondemand",
-        help="comma-separated: regular, images, ondemand (default: all three)",
+        help="comma-separated: regular, images, ondemand, callbacks (default: all four)",
     )
     worker.add_argument("--concurrency", type=int, default=4, help="threads (default: 4)")
     worker.add_argument("--name", default=None, help="worker node name (default: Celery's)")

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
         "derived from the first key of REGSCAN_SECRET_KEY, so every API process agrees.",
     )
 
+    callback_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 signature on completion callbacks. Scan "
+        "requests with a callbackUrl are refused while it is unset. The API and every "
+        "worker need the same value.",
+    )
+    callback_timeout: float = Field(
+        default=10.0, description="Seconds to wait for a callback receiver to answer."
+    )
+
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API listens on.")
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")

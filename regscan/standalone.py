@@ -104,7 +104,8 @@ def _start_services(env: dict[str, str], host: str, port: int) -> list[subproces
     return [
         _spawn([*me, "api", "--host", host, "--port", str(port)], env),
         _spawn([*me, "worker", "--queues", "regular,images", "--name", "regular@%h"], env),
-        _spawn([*me, "worker", "--queues", "ondemand", "--name", "ondemand@%h"], env),
+        # Callbacks wait on other teams' servers, never on a sweep.
+        _spawn([*me, "worker", "--queues", "ondemand,callbacks", "--name", "ondemand@%h"], env),
         _spawn([*me, "scheduler"], env),
     ]
 

@@ -45,9 +45,12 @@ def layer_lock(digest: str) -> str:
 QUEUE_REGULAR = "regscan.regular"
 QUEUE_IMAGES = "regscan.images"
 QUEUE_ONDEMAND = "regscan.ondemand"
-ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND)
+# Completion callbacks to other teams' URLs: a slow receiver never holds up a scan.
+QUEUE_CALLBACKS = "regscan.callbacks"
+ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND, QUEUE_CALLBACKS)
 
 # Celery task names, so the scheduler can publish without importing the worker.
 TASK_REGULAR = "regscan.run_regular_scan"
 TASK_IMAGE = "regscan.scan_image"
 TASK_ONDEMAND = "regscan.scan_on_demand"
+TASK_CALLBACK = "regscan.deliver_callback"

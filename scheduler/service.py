@@ -73,7 +73,15 @@ class Scheduler:
 
     # -- asking for scans ---------------------------------------------------------
 
-    def request_regular_all(self, requested_by: str, *, source: str = "api", wait: bool = False):
+    def request_regular_all(
+        self,
+        requested_by: str,
+        *,
+        source: str = "api",
+        wait: bool = False,
+        team: str = "",
+        callback_url: str = "",
+    ) -> ScanJob:
         """A regular scan of every image in scope."""
         with self.sessions() as session:
             if not load_specs(session):
@@ -81,31 +89,96 @@ class Scheduler:
                     "no registry specification is configured, so there is nothing to scan; "
                     "add one with PUT /api/v1/settings/registry"
                 )
-        return self._admit_regular(JobKind.REGULAR_ALL, requested_by, source, wait, None, None)
+        return self._admit_regular(
+            JobKind.REGULAR_ALL,
+            requested_by,
+            source,
+            wait,
+            None,
+            None,
+            team=team,
+            callback_url=callback_url,
+        )
 
     def request_regular_image(
-        self, ref: ImageRef, requested_by: str, *, source: str = "api", wait: bool = False
+        self,
+        ref: ImageRef,
+        requested_by: str,
+        *,
+        source: str = "api",
+        wait: bool = False,
+        team: str = "",
+        callback_url: str = "",
     ) -> ScanJob:
         """A regular scan of one image; it takes the regular-scan slot like a sweep."""
         with self.sessions() as session:
             spec = _scope_of(session, ref)
-        return self._admit_regular(JobKind.REGULAR_IMAGE, requested_by, source, wait, ref, spec)
+        return self._admit_regular(
+            JobKind.REGULAR_IMAGE,
+            requested_by,
+            source,
+            wait,
+            ref,
+            spec,
+            team=team,
+            callback_url=callback_url,
+        )
 
-    def request_on_demand(self, ref: ImageRef, requested_by: str, *, source: str = "api"):
+    def request_on_demand(
+        self,
+        ref: ImageRef,
+        requested_by: str,
+        *,
+        source: str = "api",
+        team: str = "",
+        callback_url: str = "",
+    ) -> ScanJob:
         """An on-demand scan: never blocked by, and never blocking, a regular scan."""
-        with transaction(self.sessions) as session:
-            spec = _scope_of(session, ref)
-            job = svc.create_job(
-                session,
-                kind=JobKind.ON_DEMAND,
-                requested_by=requested_by,
-                source=source,
-                target=ref.as_target(),
-            )
-            _add_target_item(session, job, spec, ref)
-        self.publisher.send_task(keys.TASK_ONDEMAND, args=[job.id], queue=keys.QUEUE_ONDEMAND)
-        log.info("job=%s kind=on-demand image=%s published", job.id, job.target_name)
+        [job] = self.request_on_demand_many(
+            [ref], requested_by, source=source, team=team, callback_url=callback_url
+        )
+        if isinstance(job, OutOfScope):
+            raise job
         return job
+
+    def request_on_demand_many(
+        self,
+        refs: Sequence[ImageRef],
+        requested_by: str,
+        *,
+        source: str = "api",
+        team: str = "",
+        callback_url: str = "",
+    ) -> list[ScanJob | OutOfScope]:
+        """One on-demand job per image, all committed together and then published; an
+        image outside the configuration gets the reason instead of a job."""
+        answers: list[ScanJob | OutOfScope] = []
+        with transaction(self.sessions) as session:
+            specs = load_specs(session)
+            for ref in refs:
+                try:
+                    spec = _spec_for(specs, ref)
+                except OutOfScope as exc:
+                    answers.append(exc)
+                    continue
+                job = svc.create_job(
+                    session,
+                    kind=JobKind.ON_DEMAND,
+                    requested_by=requested_by,
+                    source=source,
+                    target=ref.as_target(),
+                    team=team,
+                    callback_url=callback_url,
+                )
+                _add_target_item(session, job, spec, ref)
+                answers.append(job)
+        for job in answers:
+            if isinstance(job, ScanJob):
+                self.publisher.send_task(
+                    keys.TASK_ONDEMAND, args=[job.id], queue=keys.QUEUE_ONDEMAND
+                )
+                log.info("job=%s kind=on-demand image=%s published", job.id, job.target_name)
+        return answers
 
     def _admit_regular(
         self,
@@ -115,6 +188,9 @@ class Scheduler:
         wait: bool,
         ref: ImageRef | None,
         spec: Spec | None,
+        *,
+        team: str = "",
+        callback_url: str = "",
     ) -> ScanJob:
         with self._admission():
             with transaction(self.sessions) as session:
@@ -130,6 +206,8 @@ class Scheduler:
                     target=ref.as_target() if ref else None,
                     wait=bool(active),
                     publish_now=not active,
+                    team=team,
+                    callback_url=callback_url,
                 )
                 if ref is not None and spec is not None:
                     _add_target_item(session, job, spec, ref)
@@ -140,6 +218,16 @@ class Scheduler:
     def _publish_regular(self, job_id: int) -> None:
         self.publisher.send_task(keys.TASK_REGULAR, args=[job_id], queue=keys.QUEUE_REGULAR)
         log.info("job=%s kind=regular published", job_id)
+
+    def job_ended(self, job_id: int) -> None:
+        """Publish the completion callback of an ended job that asked for one. Call it
+        after the final state is committed, so the callback reads that state."""
+        with self.sessions() as session:
+            job = session.get(ScanJob, job_id)
+        if job is None or not job.status.is_final or not job.callback_url:
+            return
+        self.publisher.send_task(keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS)
+        log.info("job=%s callback published", job_id)
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:
@@ -208,6 +296,7 @@ class Scheduler:
 
     def _republish(self, statuses, stale, *kinds: JobKind) -> list[int]:
         handled = []
+        failed: list[int] = []
         with self.sessions() as session:
             candidates = svc.stale_jobs(session, statuses, stale)
         for job_id in candidates:
@@ -224,6 +313,7 @@ class Scheduler:
                     )
                     svc.finish_job(session, job_id, job.fencing_token, JobStatus.FAILED, reason)
                     handled.append(job_id)
+                    failed.append(job_id)
                     continue
             if job is None or job.status.is_final:
                 continue
@@ -231,6 +321,8 @@ class Scheduler:
             self.publisher.send_task(task, args=[job_id], queue=queue)
             log.warning("job=%s worker silent; republished attempt=%s", job_id, job.attempts + 1)
             handled.append(job_id)
+        for job_id in failed:
+            self.job_ended(job_id)
         return handled
 
 
@@ -249,8 +341,11 @@ def _describe(job: ScanJob) -> str:
 
 def _scope_of(session: Session, ref: ImageRef) -> Spec:
     """The specification covering ``ref``; :class:`OutOfScope` says why none does."""
+    return _spec_for(load_specs(session), ref)
+
+
+def _spec_for(specs: list[Spec], ref: ImageRef) -> Spec:
     host = parse_registry(ref.registry).host
-    specs = load_specs(session)
     spec = find_spec(specs, host, ref.repo, ref.tag)
     if spec is None:
         raise OutOfScope(describe_miss(specs, host, ref.repo, ref.tag))

@@ -30,6 +30,7 @@ from tests.support.services import RedisServer, RegistryServer, free_port, postg
 
 ADMIN = ("admin", "test-admin-password")
 WEBHOOK_SECRET = "test-webhook-secret"
+CALLBACK_SECRET = "test-callback-secret"
 FINAL = {"completed", "stopped", "failed"}
 
 # Short timings so that lease expiry, takeovers and stops happen within a test.
@@ -265,6 +266,7 @@ def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Ite
         "REGSCAN_ADMIN_USER": ADMIN[0],
         "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
         "REGSCAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "REGSCAN_CALLBACK_SECRET": CALLBACK_SECRET,
     }
     logs = tmp_path_factory.mktemp("logs")
     s = Stack(env, logs)
@@ -272,6 +274,7 @@ def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Ite
         s.start_api()
         s.start_worker("regular", "regular,images")
         s.start_worker("ondemand", "ondemand")
+        s.start_worker("callbacks", "callbacks")
         yield s
     finally:
         s.stop()

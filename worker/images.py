@@ -62,6 +62,7 @@ def scan_on_demand(rt: Runtime, job_id: int) -> None:
         svc.finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
         if failed:
             svc.append_job_error(session, job_id, _item_errors(session, job_id))
+    rt.scheduler.job_ended(job_id)
 
 
 Found = list[tuple[PlatformImage, Inventory | None]]

@@ -52,6 +52,7 @@ def run_regular_scan(rt: Runtime, job_id: int) -> str:
         log.info("job=%s started token=%s attempt=%s", job_id, lease.token, claimed.attempts)
         lease.start_heartbeat()
         Sweep(rt, claimed, lease).run()
+        rt.scheduler.job_ended(job_id)
     except svc.Fenced as exc:
         log.warning("job=%s gave up: %s", job_id, exc)
     finally:

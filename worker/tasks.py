@@ -6,13 +6,16 @@ import logging
 import random
 import threading
 
+import requests
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import images, regular
+from worker import callbacks, images, regular
 from worker.app import app
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
+
+CALLBACK_RETRIES = 5
 
 
 @app.task(name="regscan.run_regular_scan", bind=True, max_retries=None)
@@ -32,6 +35,22 @@ def scan_image(item_id: int, attempt: int) -> None:
 @app.task(name="regscan.scan_on_demand")
 def scan_on_demand(job_id: int) -> None:
     images.scan_on_demand(get_runtime(), job_id)
+
+
+# Transient failures back off exponentially (1 s, 2 s, 4 s, ... at most 10 min) with full
+# jitter, so receivers coming back up are not hit by every sender at once; anything else
+# (4xx, a bad URL) is recorded and not retried.
+@app.task(
+    name="regscan.deliver_callback",
+    bind=True,
+    autoretry_for=(callbacks.RetryableDelivery, requests.ConnectionError, requests.Timeout),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=CALLBACK_RETRIES,
+)
+def deliver_callback(self, job_id: int) -> None:
+    callbacks.deliver(get_runtime(), job_id, attempt=self.request.retries + 1)
 
 
 # -- the reaper: every worker looks for scans whose worker died ----------------------

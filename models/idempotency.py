@@ -1,0 +1,52 @@
+"""Idempotency keys: the answer given to a team's keyed request. The unique (team, key)
+constraint decides which of two concurrent requests does the work. Callers own the
+transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from models.enqueue import IdempotencyKey
+
+# The response of a key whose request is still being served.
+PENDING: dict[str, Any] = {}
+
+
+def drop_expired(session: Session, team: str, key: str, before: datetime) -> None:
+    session.execute(
+        delete(IdempotencyKey).where(
+            IdempotencyKey.team == team,
+            IdempotencyKey.key == key,
+            IdempotencyKey.created_at < before,
+        )
+    )
+
+
+def find(session: Session, team: str, key: str) -> IdempotencyKey | None:
+    stmt = select(IdempotencyKey).where(IdempotencyKey.team == team, IdempotencyKey.key == key)
+    return session.scalar(stmt)
+
+
+def reserve(session: Session, team: str, key: str, request_hash: str) -> None:
+    """Claim the key; raises ``IntegrityError`` when another request holds it."""
+    session.add(IdempotencyKey(team=team, key=key, request_hash=request_hash, response=PENDING))
+    session.flush()
+
+
+def complete(session: Session, team: str, key: str, response: dict[str, Any]) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.team == team, IdempotencyKey.key == key)
+        .values(response=response)
+    )
+
+
+def release(session: Session, team: str, key: str) -> None:
+    """Forget a key whose request failed, so that a retry with it can succeed."""
+    session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.team == team, IdempotencyKey.key == key)
+    )
