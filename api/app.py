@@ -17,6 +17,7 @@ from api import (
     schedule,
     settings,
     tokens,
+    vulndb,
     webhooks,
 )
 from api.auth import Authenticator, ensure_admin
@@ -70,6 +71,7 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     versioned.include_router(schedule.router)
     versioned.include_router(credentials.router)
     versioned.include_router(exports.router)
+    versioned.include_router(vulndb.router)
     versioned.include_router(webhooks.router)
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])

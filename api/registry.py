@@ -112,9 +112,16 @@ def list_results(
         rows, total = queries.latest_results(
             session, flt, offset=offset, limit=limit, sort=sort, reverse=reverse
         )
-        tags = queries.tags_of(session, [image for _r, image in rows if image is not None])
+        images = [image for _r, image in rows if image is not None]
+        tags = queries.tags_of(session, images)
+        found = queries.findings_of(session, [image.id for image in images])
         body = [
-            views.result_view(r, image, tags.get(image.id, []) if image else [])
+            views.result_view(
+                r,
+                image,
+                tags.get(image.id, []) if image else [],
+                found.get(image.id, []) if image else [],
+            )
             for r, image in rows
         ]
     response.headers["Total-Count"] = str(total)

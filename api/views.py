@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from models import Image, ImageScan, ScanJob, ScanResult, Tag
+from models import Finding, Image, ImageScan, ScanJob, ScanResult, Tag
+from models.base import utcnow
+from scanner.matching import risk_factors
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
@@ -51,9 +54,12 @@ def item_error_view(item: ImageScan) -> dict[str, Any]:
     }
 
 
-def result_view(result: ScanResult, image: Image | None, tags: list[Tag]) -> dict[str, Any]:
+def result_view(
+    result: ScanResult, image: Image | None, tags: list[Tag], findings: Sequence[Finding] = ()
+) -> dict[str, Any]:
     """One entry of ``GET /registry``, shaped like the reference ``ImageScanResult``."""
     image_id = (image.config_digest if image else "") or result.digest
+    vulnerabilities = vulnerability_views(findings)
     return {
         "_id": image_id,
         "id": image_id,
@@ -73,9 +79,9 @@ def result_view(result: ScanResult, image: Image | None, tags: list[Tag]) -> dic
         "osDistroRelease": image.os_distro_release if image else "",
         "distro": image.distro if image else "",
         "packages": package_groups(image.packages if image else []),
-        "vulnerabilities": [],
-        "vulnerabilitiesCount": 0,
-        "vulnerabilityDistribution": {**dict.fromkeys(SEVERITIES, 0), "total": 0},
+        "vulnerabilities": vulnerabilities,
+        "vulnerabilitiesCount": len(vulnerabilities),
+        "vulnerabilityDistribution": distribution(vulnerabilities),
         "err": result.err,
         # ours
         "scanID": result.job_id,
@@ -83,6 +89,28 @@ def result_view(result: ScanResult, image: Image | None, tags: list[Tag]) -> dic
         "platform": result.platform,
         **(_image_fields(image) if image else {}),
     }
+
+
+def vulnerability_views(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """An image's findings as the reference shows them, most severe first. Risk factors are
+    worked out now, as "Recent vulnerability" changes with the date."""
+    now = utcnow()
+    views = [{**f.detail, "riskFactors": risk_factors(f.detail, now)} for f in findings]
+    return sorted(views, key=_severity_order)
+
+
+def _severity_order(v: dict[str, Any]) -> tuple[Any, ...]:
+    rank = SEVERITIES.index(v["severity"]) if v["severity"] in SEVERITIES else len(SEVERITIES)
+    return (rank, -(v["cvss"] or 0), v["packageName"], v["cve"])
+
+
+def distribution(vulnerabilities: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts per severity; ``total`` also counts findings of unknown severity."""
+    counts = {**dict.fromkeys(SEVERITIES, 0), "total": len(vulnerabilities)}
+    for v in vulnerabilities:
+        if v["severity"] in SEVERITIES:
+            counts[v["severity"]] += 1
+    return counts
 
 
 def package_groups(packages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, true, update
 from sqlalchemy.orm import Session
 
+from models import vulndb
 from models.base import utcnow
 from models.images import Image, Tag, find_image
 from models.jobs import (
@@ -408,19 +409,22 @@ def record_results(
     for platform_image, inventory in found:
         image = _upsert_image(session, item, platform_image)
         if inventory is not None:
-            _set_inventory(image, inventory, analyser_version)
+            _set_inventory(session, image, inventory, analyser_version)
         results.append(_add_result(session, item, image=image, platform=image.platform))
     session.flush()
     return results
 
 
-def _set_inventory(image: Image, inventory: InventoryLike, analyser_version: int) -> None:
+def _set_inventory(
+    session: Session, image: Image, inventory: InventoryLike, analyser_version: int
+) -> None:
     image.os_distro = inventory.os.distro
     image.os_distro_version = inventory.os.version
     image.os_distro_release = inventory.os.release
     image.distro = inventory.os.name
     image.packages = [p.to_json() for p in inventory.packages]
     image.analyser_version = analyser_version
+    vulndb.set_image_packages(session, image.id, image.packages)
 
 
 def record_failure(session: Session, item: ImageScan, err: str) -> ScanResult:

@@ -1,4 +1,4 @@
-"""The ``regscan`` command: api, worker, db, standalone."""
+"""The ``regscan`` command: api, worker, db, vulndb, standalone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ QUEUE_NAMES = {
     "regular": "regscan.regular",
     "images": "regscan.images",
     "ondemand": "regscan.ondemand",
+    "rematch": "regscan.rematch",
     "callbacks": "regscan.callbacks",
 }
 
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument(
         "--queues",
-        default="regular,images,ondemand",
-        help="comma-separated: regular, images, ondemand, callbacks (default: all four)",
+        default=",".join(QUEUE_NAMES),
+        help="comma-separated: regular, images, ondemand, rematch, callbacks (default: all)",
     )
     worker.add_argument("--concurrency", type=int, default=4, help="threads (default: 4)")
     worker.add_argument("--name", default=None, help="worker node name (default: Celery's)")
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="apply migrations up to the newest").set_defaults(
         func=cmd_db_upgrade
     )
+
+    vulndb = sub.add_parser("vulndb", help="vulnerability data (OSV)")
+    vulndb_sub = vulndb.add_subparsers(title="vulndb commands")
+    imp = vulndb_sub.add_parser("import", help="import OSV records and re-match stored images")
+    imp.add_argument("location", help="a JSON file, a folder, a zip (osv.dev all.zip) or a URL")
+    imp.set_defaults(func=cmd_vulndb_import)
 
     sa = sub.add_parser("standalone", help="everything on one machine: SQLite, own Redis")
     sa.add_argument("--port", type=int, default=None, help="API port (default: 8080)")
@@ -121,6 +128,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         argv += ["--hostname", args.name]
     app.worker_main(argv)
     return 0
+
+
+def cmd_vulndb_import(args: argparse.Namespace, settings: Settings) -> int:
+    from regscan.vulndb import run_import
+    from scanner.osv import SourceUnavailable
+
+    _require_schema(settings)
+    try:
+        return run_import(settings, args.location)
+    except SourceUnavailable as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:

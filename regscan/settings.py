@@ -113,6 +113,29 @@ class Settings(BaseSettings):
     registry_backoff: float = Field(default=0.5, description="Base of the exponential backoff.")
     registry_backoff_max: float = Field(default=30.0, description="Cap on one backoff sleep.")
 
+    vulndb_sources: str = Field(
+        default="",
+        description="OSV data the workers refresh on their own: comma-separated paths "
+        "(a JSON file, a folder, a zip such as osv.dev's all.zip) and http(s) URLs.",
+    )
+    vulndb_refresh_seconds: float = Field(
+        default=6 * 3600.0,
+        description="How often the configured sources are refreshed (once per period "
+        "for the whole cluster; unchanged downloads are skipped by ETag/Last-Modified).",
+    )
+    vulndb_download_timeout: float = Field(
+        default=60.0, description="Seconds to wait for a vulnerability data server's bytes."
+    )
+    rematch_batch: int = Field(
+        default=50,
+        description="Images re-matched per task when the vulnerability data changed.",
+    )
+
+    @property
+    def vulndb_locations(self) -> list[str]:
+        """The configured sources, one per entry of ``vulndb_sources``."""
+        return [s.strip() for s in self.vulndb_sources.split(",") if s.strip()]
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

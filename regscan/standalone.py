@@ -2,7 +2,7 @@
 
 Migrates a SQLite file in the working directory, starts a redis-server of its
 own on a free loopback port, then the API, a scheduler and two workers (one for regular
-scans, one for on-demand scans, so a sweep never delays an on-demand scan),
+scans and re-matching, one for on-demand scans, so a sweep never delays an on-demand scan),
 prints where to reach them, and stops everything cleanly on Ctrl-C.
 """
 
@@ -103,7 +103,8 @@ def _start_services(env: dict[str, str], host: str, port: int) -> list[subproces
     me = [sys.executable, "-m", "regscan.cli"]
     return [
         _spawn([*me, "api", "--host", host, "--port", str(port)], env),
-        _spawn([*me, "worker", "--queues", "regular,images", "--name", "regular@%h"], env),
+        # Re-matching after a data change reads only the database: the sweep's worker has room.
+        _spawn([*me, "worker", "--queues", "regular,images,rematch", "--name", "regular@%h"], env),
         # Callbacks wait on other teams' servers, never on a sweep.
         _spawn([*me, "worker", "--queues", "ondemand,callbacks", "--name", "ondemand@%h"], env),
         _spawn([*me, "scheduler"], env),

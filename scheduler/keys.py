@@ -20,6 +20,14 @@ regscan:lock:layer:<digest>        redis-py Lock held while one worker downloads
                                    analyses that layer; TTL ``layer_lock_seconds``.
                                    Contention: others poll for it (checking for stop)
                                    and then read the analysis from the layer cache.
+regscan:vulndb:refresh             the node name of the worker refreshing the configured
+                                   vulnerability data sources this period; SET NX with a
+                                   TTL of ``vulndb_refresh_seconds``, so one refresh fires
+                                   per period cluster-wide. Contention: the others skip.
+regscan:vulndb:rematch-kick        "1" for a minute after a worker's periodic pass found
+                                   images matched against older data and published a
+                                   re-match; SET NX EX, so the passes of many workers
+                                   publish one re-match chain, not one each.
 =================================  =====================================================
 
 Celery keeps its own keys (the queues below and ``unacked*``) in the same database.
@@ -31,6 +39,11 @@ REGULAR_LOCK = "regscan:lock:regular-scan"
 REGULAR_FENCE = "regscan:fence:regular-scan"
 ADMISSION_LOCK = "regscan:lock:admission"
 STOP_FLAG_TTL_SECONDS = 24 * 3600
+
+
+VULNDB_REFRESH = "regscan:vulndb:refresh"
+REMATCH_KICK = "regscan:vulndb:rematch-kick"
+REMATCH_KICK_SECONDS = 60
 
 
 def stop_flag(job_id: int) -> str:
@@ -45,12 +58,15 @@ def layer_lock(digest: str) -> str:
 QUEUE_REGULAR = "regscan.regular"
 QUEUE_IMAGES = "regscan.images"
 QUEUE_ONDEMAND = "regscan.ondemand"
+# Re-matching stored inventories when the vulnerability data changed: no registry work.
+QUEUE_REMATCH = "regscan.rematch"
 # Completion callbacks to other teams' URLs: a slow receiver never holds up a scan.
 QUEUE_CALLBACKS = "regscan.callbacks"
-ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND, QUEUE_CALLBACKS)
+ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND, QUEUE_REMATCH, QUEUE_CALLBACKS)
 
 # Celery task names, so the scheduler can publish without importing the worker.
 TASK_REGULAR = "regscan.run_regular_scan"
 TASK_IMAGE = "regscan.scan_image"
 TASK_ONDEMAND = "regscan.scan_on_demand"
+TASK_REMATCH = "regscan.rematch"
 TASK_CALLBACK = "regscan.deliver_callback"

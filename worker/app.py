@@ -1,4 +1,4 @@
-"""The Celery application: Redis broker, four queues, tasks safe to run twice."""
+"""The Celery application: Redis broker, five queues, tasks safe to run twice."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def make_celery(settings: Settings) -> Celery:
             keys.TASK_REGULAR: {"queue": keys.QUEUE_REGULAR},
             keys.TASK_IMAGE: {"queue": keys.QUEUE_IMAGES},
             keys.TASK_ONDEMAND: {"queue": keys.QUEUE_ONDEMAND},
+            keys.TASK_REMATCH: {"queue": keys.QUEUE_REMATCH},
             keys.TASK_CALLBACK: {"queue": keys.QUEUE_CALLBACKS},
         },
         # Redelivery of unacknowledged messages happens after this long. A sweep

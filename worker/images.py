@@ -8,7 +8,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import ImageScan, ItemStatus, JobKind, JobStatus
+from models import Image, ImageScan, ItemStatus, JobKind, JobStatus
 from models import services as svc
 from models.db import transaction
 from scanner.errors import ScanError, ScanStopped
@@ -16,6 +16,7 @@ from scanner.images import PlatformImage, resolve_image
 from scanner.layers import Inventory
 from scanner.packages import ANALYSER_VERSION
 from scheduler import keys
+from worker import vulndb
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
 
@@ -106,7 +107,10 @@ def _write(
                 if isinstance(found, list):
                     first = found[0][0]
                     tag_digest = first.index_digest or first.digest
-                    svc.record_results(session, item, found, tag_digest, ANALYSER_VERSION)
+                    results = svc.record_results(session, item, found, tag_digest, ANALYSER_VERSION)
+                    # Findings in the same transaction: a result is never seen without them.
+                    for image_id in {r.image_id for r in results if r.image_id is not None}:
+                        vulndb.match_image(session, session.get_one(Image, image_id))
                 elif error is not None:
                     svc.record_failure(session, item, error)
             return

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import threading
 
 import requests
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import callbacks, images, regular
+from worker import callbacks, images, regular, vulndb
 from worker.app import app
 from worker.runtime import get_runtime
 
@@ -37,6 +39,11 @@ def scan_on_demand(job_id: int) -> None:
     images.scan_on_demand(get_runtime(), job_id)
 
 
+@app.task(name="regscan.rematch")
+def rematch() -> None:
+    vulndb.rematch(get_runtime())
+
+
 # Transient failures back off exponentially (1 s, 2 s, 4 s, ... at most 10 min) with full
 # jitter, so receivers coming back up are not hit by every sender at once; anything else
 # (4xx, a bad URL) is recorded and not retried.
@@ -56,6 +63,7 @@ def deliver_callback(self, job_id: int) -> None:
 # -- the reaper: every worker looks for scans whose worker died ----------------------
 
 _reaper_stop = threading.Event()
+_NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _reap_forever() -> None:
@@ -67,6 +75,10 @@ def _reap_forever() -> None:
                 log.warning("reaper took up jobs %s", handled)
         except Exception:
             log.exception("reaper pass failed")
+        try:
+            vulndb.periodic(rt, _NODE)
+        except Exception:
+            log.exception("vulnerability data pass failed")
         if _reaper_stop.wait(rt.settings.reaper_seconds):
             return
 

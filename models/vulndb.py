@@ -1,0 +1,301 @@
+"""Vulnerability data and what it says about stored images. Callers own the transaction.
+
+Records are upserted by id and replaced only by a newer ``modified``; each import that
+changed anything bumps ``VulnDbState.generation`` once, and an image whose
+``matched_generation`` is older is due for re-matching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.base import utcnow
+from models.images import Image
+from models.vulns import (
+    Finding,
+    ImagePackage,
+    VulnDbState,
+    VulnPackage,
+    VulnRecord,
+    VulnSource,
+)
+
+STATE_ID = 1
+IN_CHUNK = 500  # values per IN (...) list, well under every backend's parameter limit
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    """One OSV record as stored, with the (ecosystem, name) pairs it is indexed under."""
+
+    id: str
+    modified: datetime
+    published: datetime | None
+    withdrawn: datetime | None
+    aliases: list[str]
+    record: dict[str, Any]
+    packages: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass
+class StoreCounts:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        return self.added + self.updated
+
+
+# -- the generation counter --------------------------------------------------------------
+
+
+def lock_state(session: Session) -> VulnDbState:
+    """The state row, created if missing and row-locked (PostgreSQL) until commit, so
+    that concurrent imports write one at a time."""
+    stmt = select(VulnDbState).where(VulnDbState.id == STATE_ID).with_for_update()
+    state = session.scalar(stmt)
+    if state is not None:
+        return state
+    try:
+        with session.begin_nested():
+            session.add(VulnDbState(id=STATE_ID, generation=0))
+    except IntegrityError:
+        pass  # created meanwhile by another import
+    state = session.scalar(stmt)
+    assert state is not None
+    return state
+
+
+def current_generation(session: Session) -> int:
+    return session.scalar(select(VulnDbState.generation).where(VulnDbState.id == STATE_ID)) or 0
+
+
+def bump_generation(session: Session) -> int:
+    """Mark the data changed: images matched before now are due for re-matching."""
+    state = lock_state(session)
+    state.generation += 1
+    state.changed_at = utcnow()
+    session.flush()
+    return state.generation
+
+
+# -- records -----------------------------------------------------------------------------
+
+
+def store_records(
+    session: Session, rows: Sequence[RecordRow], source_id: int | None
+) -> StoreCounts:
+    """Upsert ``rows`` by id; a stored record is replaced only by a newer ``modified``."""
+    lock_state(session)
+    counts = StoreCounts()
+    newest: dict[str, RecordRow] = {}
+    for row in rows:  # the same id twice in one batch: the newer one counts
+        if row.id not in newest or row.modified > newest[row.id].modified:
+            newest[row.id] = row
+    counts.unchanged += len(rows) - len(newest)
+    stored = _stored_modified(session, list(newest))
+    written = []
+    for row in newest.values():
+        if row.id not in stored:
+            counts.added += 1
+        elif row.modified > stored[row.id]:
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
+            continue
+        _write_record(session, row, source_id, replace=row.id in stored)
+        written.append(row)
+    session.flush()  # the records first: their packages refer to them
+    session.add_all(
+        VulnPackage(record_id=row.id, ecosystem=eco, name=name)
+        for row in written
+        for eco, name in row.packages
+    )
+    session.flush()
+    return counts
+
+
+def _stored_modified(session: Session, ids: list[str]) -> dict[str, datetime]:
+    found: dict[str, datetime] = {}
+    for chunk in _chunks(ids):
+        stmt = select(VulnRecord.id, VulnRecord.modified).where(VulnRecord.id.in_(chunk))
+        found.update({record_id: modified for record_id, modified in session.execute(stmt)})
+    return found
+
+
+def _write_record(session: Session, row: RecordRow, source_id: int | None, replace: bool) -> None:
+    values = {
+        "modified": row.modified,
+        "published": row.published,
+        "withdrawn": row.withdrawn,
+        "aliases": row.aliases,
+        "source_id": source_id,
+        "record": row.record,
+        "imported_at": utcnow(),
+    }
+    if replace:
+        session.execute(update(VulnRecord).where(VulnRecord.id == row.id).values(**values))
+        session.execute(delete(VulnPackage).where(VulnPackage.record_id == row.id))
+    else:
+        session.add(VulnRecord(id=row.id, **values))
+
+
+def candidate_records(session: Session, keys: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The records (as OSV JSON) that name any of the (ecosystem, name) pairs, withdrawn
+    ones left out."""
+    ids: set[str] = set()
+    for chunk in _chunks(sorted({name for _eco, name in keys})):
+        stmt = select(VulnPackage.record_id, VulnPackage.ecosystem, VulnPackage.name).where(
+            VulnPackage.name.in_(chunk)
+        )
+        ids.update(rid for rid, eco, name in session.execute(stmt) if (eco, name) in keys)
+    records: list[dict[str, Any]] = []
+    for chunk in _chunks(sorted(ids)):
+        stmt = select(VulnRecord.record).where(
+            VulnRecord.id.in_(chunk), VulnRecord.withdrawn.is_(None)
+        )
+        records.extend(session.scalars(stmt))
+    return records
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield values[start : start + IN_CHUNK]
+
+
+# -- sources ------------------------------------------------------------------------------
+
+
+def source_for(session: Session, location: str) -> VulnSource:
+    """The source row of ``location``, created on first use."""
+    stmt = select(VulnSource).where(VulnSource.location == location)
+    source = session.scalar(stmt)
+    if source is not None:
+        return source
+    try:
+        with session.begin_nested():
+            session.add(VulnSource(location=location))
+    except IntegrityError:
+        pass  # created meanwhile
+    source = session.scalar(stmt)
+    assert source is not None
+    return source
+
+
+def record_refresh(
+    session: Session,
+    source_id: int,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    records: int | None = None,
+    error: str = "",
+) -> None:
+    """What the last refresh of a source found; ``None`` leaves a field as it was."""
+    values: dict[str, Any] = {"refreshed_at": utcnow(), "last_error": error}
+    if etag is not None:
+        values["etag"] = etag
+    if last_modified is not None:
+        values["last_modified"] = last_modified
+    if records is not None:
+        values["records"] = records
+    session.execute(update(VulnSource).where(VulnSource.id == source_id).values(**values))
+
+
+def summary(session: Session) -> dict[str, Any]:
+    """Sources, record counts per ecosystem, withdrawn count, generation, last change."""
+    state = session.get(VulnDbState, STATE_ID)
+    generation = state.generation if state else 0
+    return {
+        "sources": list(session.scalars(select(VulnSource).order_by(VulnSource.location))),
+        "by_ecosystem": _records_per_ecosystem(session),
+        "records": _count(session, VulnRecord.id),
+        "withdrawn": _count(session, VulnRecord.id, VulnRecord.withdrawn.is_not(None)),
+        "generation": generation,
+        "changed_at": state.changed_at if state else None,
+        "images_due": _count(session, Image.id, _due(generation)),
+    }
+
+
+def _records_per_ecosystem(session: Session) -> dict[str, int]:
+    stmt = select(VulnPackage.ecosystem, func.count(func.distinct(VulnPackage.record_id)))
+    rows = session.execute(stmt.group_by(VulnPackage.ecosystem).order_by(VulnPackage.ecosystem))
+    return {ecosystem: n for ecosystem, n in rows}
+
+
+def _count(session: Session, column: Any, *where: Any) -> int:
+    return session.scalar(select(func.count(column)).where(*where)) or 0
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def set_image_packages(session: Session, image_id: int, packages: Sequence[dict[str, Any]]) -> None:
+    """Replace the per-package rows of an image's inventory."""
+    session.execute(delete(ImagePackage).where(ImagePackage.image_id == image_id))
+    session.add_all(
+        ImagePackage(
+            image_id=image_id,
+            type=p["type"],
+            name=p["name"],
+            version=p["version"],
+            source_name=p.get("source_name") or "",
+        )
+        for p in packages
+    )
+
+
+def _due(generation: int) -> Any:
+    """Images with an inventory whose findings predate ``generation``."""
+    return Image.analyser_version.is_not(None) & or_(
+        Image.matched_generation.is_(None), Image.matched_generation < generation
+    )
+
+
+def images_due(session: Session, generation: int, limit: int) -> list[Image]:
+    """Up to ``limit`` images due for re-matching, row-locked (PostgreSQL); images another
+    worker is re-matching right now are skipped rather than waited for."""
+    stmt = (
+        select(Image)
+        .where(_due(generation))
+        .order_by(Image.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(stmt))
+
+
+def any_due(session: Session) -> bool:
+    generation = current_generation(session)
+    return session.scalar(select(Image.id).where(_due(generation)).limit(1)) is not None
+
+
+def replace_findings(
+    session: Session, image: Image, findings: Sequence[dict[str, Any]], generation: int
+) -> None:
+    """An image's findings, all replaced, and the generation they were matched against."""
+    session.execute(delete(Finding).where(Finding.image_id == image.id))
+    session.add_all(
+        Finding(
+            image_id=image.id,
+            vuln_id=f["cve"],
+            package_type=f["packageType"],
+            package_name=f["packageName"],
+            package_version=f["packageVersion"],
+            severity=f["severity"],
+            cvss=f["cvss"],
+            detail=f,
+        )
+        for f in findings
+    )
+    image.matched_generation = generation
+    session.flush()

@@ -1,0 +1,254 @@
+"""Vulnerability data in the service: imports, matching stored inventories, refreshes.
+
+Matching reads only what scans stored (an image's inventory and OS); it never downloads
+a blob or asks a registry anything, so re-matching the whole fleet after the data
+changed costs database reads only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Image
+from models import vulndb as store
+from models.base import utcnow
+from models.db import transaction
+from scanner import matching, osv
+from scheduler import keys
+from scheduler.service import Publisher
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+IMPORT_CHUNK = 500  # records written per transaction, so SQLite writers are not held long
+
+
+@dataclass
+class ImportReport:
+    """What one import read and changed."""
+
+    location: str
+    by_ecosystem: Counter[str] = field(default_factory=Counter)
+    invalid: list[osv.Invalid] = field(default_factory=list)
+    counts: store.StoreCounts = field(default_factory=store.StoreCounts)
+    withdrawn: int = 0
+    not_modified: bool = False
+    generation: int | None = None  # the new generation, when anything changed
+
+    @property
+    def changed(self) -> bool:
+        return self.counts.changed > 0
+
+    @property
+    def read(self) -> int:
+        return self.counts.added + self.counts.updated + self.counts.unchanged
+
+
+# -- import ----------------------------------------------------------------------------
+
+
+def source_location(location: str) -> str:
+    """How a location is recorded: URLs as given, paths made absolute."""
+    return location if osv.is_url(location) else str(Path(location).expanduser().resolve())
+
+
+def import_location(
+    sessions: sessionmaker[Session], location: str, *, conditional: bool, timeout: float = 60.0
+) -> ImportReport:
+    """Read every record at ``location`` and store the new and newer ones. With
+    ``conditional``, an http(s) source is asked for changes since the last refresh only.
+
+    Raises ``osv.SourceUnavailable`` (also recorded on the source) when it cannot be read.
+    """
+    location = source_location(location)
+    with transaction(sessions) as session:
+        source = store.source_for(session, location)
+        source_id, etag, last_modified = source.id, source.etag, source.last_modified
+    report = ImportReport(location)
+    try:
+        validators = {"etag": etag, "last_modified": last_modified} if conditional else {}
+        with osv.fetch(location, timeout=timeout, **validators) as fetched:
+            if fetched.path is None:
+                report.not_modified = True
+            else:
+                _store_all(sessions, osv.read_records(fetched.path), source_id, report)
+    except (osv.SourceUnavailable, OSError) as exc:
+        with transaction(sessions) as session:
+            store.record_refresh(session, source_id, error=str(exc))
+        if isinstance(exc, osv.SourceUnavailable):
+            raise
+        raise osv.SourceUnavailable(f"{location} cannot be read: {exc}") from None
+    _finish(sessions, source_id, fetched, report)
+    return report
+
+
+def _store_all(
+    sessions: sessionmaker[Session],
+    items: Iterable[osv.Record | osv.Invalid],
+    source_id: int,
+    report: ImportReport,
+) -> None:
+    for chunk in _chunked(items, IMPORT_CHUNK):
+        rows = []
+        for item in chunk:
+            if isinstance(item, osv.Invalid):
+                log.warning("skipped invalid OSV record in %s: %s", item.where, item.reason)
+                report.invalid.append(item)
+                continue
+            report.by_ecosystem.update(item.ecosystems or {"(none)"})
+            report.withdrawn += item.withdrawn is not None
+            rows.append(record_row(item))
+        with transaction(sessions) as session:
+            counts = store.store_records(session, rows, source_id)
+        report.counts.added += counts.added
+        report.counts.updated += counts.updated
+        report.counts.unchanged += counts.unchanged
+
+
+def _finish(
+    sessions: sessionmaker[Session], source_id: int, fetched: osv.Fetched, report: ImportReport
+) -> None:
+    with transaction(sessions) as session:
+        if report.not_modified:
+            store.record_refresh(session, source_id)
+        else:
+            store.record_refresh(
+                session,
+                source_id,
+                etag=fetched.etag,
+                last_modified=fetched.last_modified,
+                records=report.read,
+            )
+        if report.changed:
+            report.generation = store.bump_generation(session)
+
+
+def record_row(record: osv.Record) -> store.RecordRow:
+    """A record as stored, indexed by the (ecosystem, name) pairs matching looks up."""
+    packages = {
+        (a.ecosystem, matching.normalise_name(a.ecosystem, a.name))
+        for a in record.affected
+        if a.ecosystem
+    }
+    return store.RecordRow(
+        id=record.id,
+        modified=record.modified,
+        published=record.published,
+        withdrawn=record.withdrawn,
+        aliases=list(record.aliases),
+        record=record.raw,
+        packages=packages,
+    )
+
+
+def _chunked(items: Iterable[osv.Record | osv.Invalid], size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+# -- matching ----------------------------------------------------------------------------
+
+
+def match_image(session: Session, image: Image, generation: int | None = None) -> int:
+    """Match one stored image against the data and replace its findings; the number of
+    findings. Reads the generation before the records, so data that changes meanwhile
+    leaves the image due for another pass rather than marked current."""
+    if generation is None:
+        generation = store.current_generation(session)
+    image_os = matching.ImageOS(image.os_distro, image.os_distro_version, image.distro)
+    found = matching.targets(image_os, image.packages or [])
+    records = _parsed(store.candidate_records(session, matching.lookup_keys(found)))
+    result = matching.match(found, records, utcnow())
+    if result.unreadable_ranges:
+        log.info(
+            "image=%s: %s ranges skipped (unreadable versions)", image.id, result.unreadable_ranges
+        )
+    store.replace_findings(session, image, result.findings, generation)
+    return len(result.findings)
+
+
+def _parsed(raw: Iterable[dict]) -> list[osv.Record]:
+    records = []
+    for data in raw:
+        try:
+            records.append(osv.parse_record(data))
+        except osv.InvalidRecord as exc:  # stored by an older, laxer version of us
+            log.warning("stored OSV record is invalid, not matched: %s", exc)
+    return records
+
+
+def rematch_batch(sessions: sessionmaker[Session], limit: int) -> int:
+    """Re-match up to ``limit`` images whose findings predate the data; how many."""
+    with transaction(sessions) as session:
+        generation = store.current_generation(session)
+        images = store.images_due(session, generation, limit)
+        for image in images:
+            match_image(session, image, generation)
+    return len(images)
+
+
+def publish_rematch(publisher: Publisher) -> None:
+    publisher.send_task(keys.TASK_REMATCH, args=[], queue=keys.QUEUE_REMATCH)
+
+
+def rematch(rt: Runtime) -> None:
+    """One batch of the re-match chain; the next batch is published while images remain."""
+    done = rematch_batch(rt.sessions, rt.settings.rematch_batch)
+    if done:
+        log.info("re-matched %s images against the current vulnerability data", done)
+    if done >= rt.settings.rematch_batch:
+        publish_rematch(rt.scheduler.publisher)
+
+
+# -- the workers' periodic pass ------------------------------------------------------------
+
+
+def periodic(rt: Runtime, node: str) -> None:
+    """Start this period's refresh of the configured sources if no worker has yet, and
+    publish a re-match when stored images were matched against older data."""
+    period_ms = int(rt.settings.vulndb_refresh_seconds * 1000)
+    locations = rt.settings.vulndb_locations
+    if locations and rt.redis.set(keys.VULNDB_REFRESH, node, nx=True, px=period_ms):
+        # A download can take minutes: not on the reaper's own thread.
+        threading.Thread(target=refresh, args=(rt, locations), daemon=True).start()
+    with rt.sessions() as session:
+        due = store.any_due(session)
+    if due and rt.redis.set(keys.REMATCH_KICK, "1", nx=True, ex=keys.REMATCH_KICK_SECONDS):
+        publish_rematch(rt.scheduler.publisher)
+
+
+def refresh(rt: Runtime, locations: list[str]) -> None:
+    """Import each configured source that changed since its last refresh."""
+    changed = False
+    for location in locations:
+        try:
+            report = import_location(
+                rt.sessions,
+                location,
+                conditional=True,
+                timeout=rt.settings.vulndb_download_timeout,
+            )
+        except osv.SourceUnavailable as exc:
+            log.error("vulnerability data source %s: %s", location, exc)
+            continue
+        except Exception:
+            log.exception("vulnerability data source %s: refresh failed", location)
+            continue
+        log.info("vulnerability data source %s: %s", location, _outcome(report))
+        changed = changed or report.changed
+    if changed:
+        publish_rematch(rt.scheduler.publisher)
+
+
+def _outcome(report: ImportReport) -> str:
+    if report.not_modified:
+        return "not modified"
+    return f"{report.read} records read, {report.counts.changed} new or newer"
