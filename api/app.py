@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from redis import Redis
 
 from api import (
+    campaigns,
     credentials,
     enqueue,
     errors,
@@ -71,6 +72,7 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     versioned.include_router(schedule.router)
     versioned.include_router(credentials.router)
     versioned.include_router(exports.router)
+    versioned.include_router(campaigns.router)
     versioned.include_router(vulndb.router)
     versioned.include_router(webhooks.router)
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])

@@ -131,7 +131,7 @@ def sbom(result: ScanResult, image: Image, found: list[Finding]) -> Bom:
         version=result.tag or image.digest,
         bom_ref=image.digest,
     )
-    components: dict[tuple[str, str, str], Component] = {}
+    components: dict[tuple[str, str], list[Component]] = {}
     for n, p in enumerate(image.packages):
         component = Component(
             type=ComponentType.LIBRARY,
@@ -140,16 +140,17 @@ def sbom(result: ScanResult, image: Image, found: list[Finding]) -> Bom:
             purl=purl(p, image.os_distro),
             bom_ref=f"pkg-{n}",
         )
-        components[(p["type"], p["name"], p["version"])] = component
+        components.setdefault((p["type"], p["name"]), []).append(component)
         bom.components.add(component)
     for f in found:
-        _add_vulnerability(
-            bom, f, components.get((f.package_type, f.package_name, f.package_version))
-        )
+        # OS findings name the source package; the components are its binaries.
+        names = f.detail.get("binaryPkgs") or [f.package_name]
+        affected = [c for name in names for c in components.get((f.package_type, name), [])]
+        _add_vulnerability(bom, f, affected)
     return bom
 
 
-def _add_vulnerability(bom: Bom, f: Finding, component: Component | None) -> None:
+def _add_vulnerability(bom: Bom, f: Finding, affected: list[Component]) -> None:
     ratings = []
     if f.cvss is not None or f.severity:
         ratings.append(
@@ -160,7 +161,7 @@ def _add_vulnerability(bom: Bom, f: Finding, component: Component | None) -> Non
                 vector=f.detail.get("vecStr") or None,
             )
         )
-    affects = [BomTarget(ref=component.bom_ref.value)] if component is not None else []
+    affects = [BomTarget(ref=c.bom_ref.value) for c in affected]
     bom.vulnerabilities.add(
         Vulnerability(
             id=f.vuln_id,

@@ -146,7 +146,7 @@ def list_scans(
     _user: User,
     state: State,
     response: Response,
-    kind: Literal["regular-all", "regular-image", "on-demand"] | None = None,
+    kind: Literal["regular-all", "regular-image", "regular-select", "on-demand"] | None = None,
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=250),
 ) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from models.base import utcnow
 from models.images import Image, Tag, find_image
 from models.jobs import (
     ACTIVE_STATUSES,
+    REGULAR_KINDS,
     ImageScan,
     ItemStatus,
     JobKind,
@@ -27,7 +28,6 @@ from models.jobs import (
     ScanResult,
 )
 
-REGULAR_KINDS = (JobKind.REGULAR_ALL, JobKind.REGULAR_IMAGE)
 IN_FLIGHT = (ItemStatus.QUEUED, ItemStatus.RUNNING)
 
 

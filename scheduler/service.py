@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import JobKind, JobStatus, RegistrySpec, ScanJob
 from models import services as svc
 from models.db import transaction
+from models.jobs import REGULAR_KINDS
 from regscan.settings import Settings
 from scanner.reference import parse_registry
 from scheduler import keys
-from scheduler.errors import Busy, NoSpecifications, OutOfScope, ScanConflict
+from scheduler.errors import Busy, NoSpecifications, NothingSelected, OutOfScope, ScanConflict
 from scheduler.scope import Spec, describe_miss, find_spec
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,7 @@ class Scheduler:
                     "add one with PUT /api/v1/settings/registry"
                 )
         return self._admit_regular(
-            JobKind.REGULAR_ALL,
-            requested_by,
-            source,
-            wait,
-            None,
-            None,
-            team=team,
-            callback_url=callback_url,
+            JobKind.REGULAR_ALL, requested_by, source, wait, team=team, callback_url=callback_url
         )
 
     def request_regular_image(
@@ -118,8 +112,51 @@ class Scheduler:
             requested_by,
             source,
             wait,
-            ref,
-            spec,
+            [(ref, spec)],
+            ref.as_target(),
+            team=team,
+            callback_url=callback_url,
+        )
+
+    def request_selection(
+        self,
+        refs: Sequence[ImageRef],
+        selection: dict[str, Any],
+        requested_by: str,
+        *,
+        source: str = "api",
+        wait: bool = False,
+        team: str = "",
+        callback_url: str = "",
+        strict: bool = True,
+    ) -> ScanJob:
+        """One regular scan of chosen images (a selection, or a campaign's query result).
+
+        With ``strict`` the first image outside the scope refuses the whole request, with
+        its reason; otherwise images outside it (say, found in stored data from before the
+        configuration changed) are left out and listed in the job's selection.
+        """
+        with self.sessions() as session:
+            specs = load_specs(session)
+        targets, outside = _split_by_scope(specs, refs)
+        if outside and strict:
+            ref = outside[0]
+            host = parse_registry(ref.registry).host
+            raise OutOfScope(describe_miss(specs, host, ref.repo, ref.tag))
+        if not targets:
+            raise NothingSelected(
+                "the selection names no image in scope, so there is nothing to scan"
+            )
+        if outside:
+            selection = {**selection, "outOfScope": [_name(ref) for ref in outside[:100]]}
+        return self._admit_regular(
+            JobKind.REGULAR_SELECT,
+            requested_by,
+            source,
+            wait,
+            targets,
+            None,
+            selection,
             team=team,
             callback_url=callback_url,
         )
@@ -186,8 +223,9 @@ class Scheduler:
         requested_by: str,
         source: str,
         wait: bool,
-        ref: ImageRef | None,
-        spec: Spec | None,
+        targets: Sequence[tuple[ImageRef, Spec]] = (),
+        target: dict[str, Any] | None = None,
+        selection: dict[str, Any] | None = None,
         *,
         team: str = "",
         callback_url: str = "",
@@ -203,14 +241,15 @@ class Scheduler:
                     kind=kind,
                     requested_by=requested_by,
                     source=source,
-                    target=ref.as_target() if ref else None,
+                    target=target,
                     wait=bool(active),
                     publish_now=not active,
                     team=team,
                     callback_url=callback_url,
                 )
-                if ref is not None and spec is not None:
-                    _add_target_item(session, job, spec, ref)
+                job.selection = selection
+                if targets:
+                    _add_target_items(session, job, targets)
             if not active:
                 self._publish_regular(job.id)
         return job
@@ -288,7 +327,7 @@ class Scheduler:
             return []  # a live holder renews the lock; nothing is orphaned
         stale = svc.older_than(self.settings.lock_ttl_seconds)
         statuses = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STOPPING)
-        return self._republish(statuses, stale, JobKind.REGULAR_ALL, JobKind.REGULAR_IMAGE)
+        return self._republish(statuses, stale, *REGULAR_KINDS)
 
     def _reap_on_demand(self) -> list[int]:
         stale = svc.older_than(self.settings.ondemand_stale_seconds)
@@ -350,6 +389,47 @@ def _spec_for(specs: list[Spec], ref: ImageRef) -> Spec:
     if spec is None:
         raise OutOfScope(describe_miss(specs, host, ref.repo, ref.tag))
     return spec
+
+
+def _split_by_scope(
+    specs: list[Spec], refs: Sequence[ImageRef]
+) -> tuple[list[tuple[ImageRef, Spec]], list[ImageRef]]:
+    inside, outside = [], []
+    for ref in refs:
+        spec = find_spec(specs, parse_registry(ref.registry).host, ref.repo, ref.tag)
+        if spec is None:
+            outside.append(ref)
+        else:
+            inside.append((ref, spec))
+    return inside, outside
+
+
+def _name(ref: ImageRef) -> str:
+    return f"{ref.registry}/{ref.repo}:{ref.tag}" if ref.tag else f"{ref.registry}/{ref.repo}"
+
+
+def _add_target_items(
+    session: Session, job: ScanJob, targets: Sequence[tuple[ImageRef, Spec]]
+) -> None:
+    """The images of a single-image or selected scan: discovered when the job is made."""
+    if len(targets) == 1:
+        ref, spec = targets[0]
+        _add_target_item(session, job, spec, ref)
+        return
+    items = [
+        {
+            "spec_position": spec.position,
+            "registry_url": spec.address.base_url,
+            "credential_id": spec.credential_id,
+            "registry_host": spec.address.host,
+            "repository": ref.repo,
+            "tag": ref.tag,
+            "digest": ref.digest,
+        }
+        for ref, spec in targets
+    ]
+    svc.add_items(session, job.id, items)
+    svc.set_total(session, job.id)
 
 
 def _add_target_item(session: Session, job: ScanJob, spec: Spec, ref: ImageRef) -> None:
