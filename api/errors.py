@@ -8,7 +8,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scheduler.errors import Busy, NoSpecifications, NothingSelected, OutOfScope, ScanConflict
+from scheduler.errors import (
+    Busy,
+    NoSpecifications,
+    NothingSelected,
+    OutOfScope,
+    ScanConflict,
+    TeamOverLimit,
+)
 
 
 class ApiError(Exception):
@@ -69,6 +76,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NothingSelected)
     async def _nothing(_request: Request, exc: Exception) -> JSONResponse:
         return err(400, str(exc))
+
+    @app.exception_handler(TeamOverLimit)
+    async def _over_limit(_request: Request, exc: TeamOverLimit) -> JSONResponse:
+        return err(429, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Busy)
     async def _busy(_request: Request, exc: Busy) -> JSONResponse:

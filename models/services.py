@@ -7,11 +7,12 @@ matches nothing, because a newer lease holder has taken the job over.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, true, update
+from sqlalchemy import func, select, text, true, update
 from sqlalchemy.orm import Session
 
 from models import vulndb
@@ -76,6 +77,16 @@ def active_regular_jobs(session: Session) -> Sequence[ScanJob]:
         .order_by(ScanJob.id)
     )
     return session.scalars(stmt).all()
+
+
+def active_on_demand(session: Session, team: str) -> int:
+    """On-demand jobs of a team that are waiting or running."""
+    stmt = select(func.count()).where(
+        ScanJob.team == team,
+        ScanJob.kind == JobKind.ON_DEMAND,
+        ScanJob.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+    )
+    return session.scalar(stmt) or 0
 
 
 def mark_published(session: Session, job_id: int) -> bool:
@@ -390,6 +401,20 @@ class InventoryLike(Protocol):
 
     packages: Sequence[Any]  # scanner.packages.Package, each with to_json()
     os: OSLike
+
+
+def serialize_tag_writers(session: Session, item: ImageScan) -> None:
+    """Make writers of the same tag's results take turns until commit (PostgreSQL).
+
+    Concurrent scans of one tag (a flood of on-demand scans of one image, a sweep and
+    an on-demand scan) otherwise lock the image row and the latest-result index in
+    different orders and deadlock. SQLite runs one writer at a time anyway.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    name = f"{item.registry_host}/{item.repository}:{item.tag}@{item.digest}"
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def record_results(

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     max_layer_expanded_bytes: int = Field(
         default=8 << 30, description="Cap on the uncompressed bytes of one layer."
     )
+    team_ondemand_limit: int = Field(
+        default=2000,
+        description="On-demand scans one team may have waiting or running; past it the "
+        "API answers 429 with Retry-After.",
+    )
     dispatch_batch: int = Field(
         default=200, description="Discovered images written per transaction during discovery."
     )

@@ -32,5 +32,13 @@ class NothingSelected(SchedulerError):
     """A selection or campaign that names no image."""
 
 
+class TeamOverLimit(SchedulerError):
+    """A team has as many on-demand scans waiting as it may; ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Busy(SchedulerError):
     """A short admission lock could not be taken in time; the caller may retry."""

@@ -28,6 +28,12 @@ regscan:vulndb:rematch-kick        "1" for a minute after a worker's periodic pa
                                    images matched against older data and published a
                                    re-match; SET NX EX, so the passes of many workers
                                    publish one re-match chain, not one each.
+regscan:fair:ring                  list of the teams with on-demand jobs waiting, in the
+                                   order they get their next turn (scheduler/fair.py).
+regscan:fair:active                set of the teams in the ring, so each is there once.
+regscan:fair:team:<team>           list of a team's waiting on-demand job ids, oldest
+                                   first. All three change only through the Lua scripts
+                                   of scheduler/fair.py.
 =================================  =====================================================
 
 Celery keeps its own keys (the queues below and ``unacked*``) in the same database.
@@ -44,6 +50,14 @@ STOP_FLAG_TTL_SECONDS = 24 * 3600
 VULNDB_REFRESH = "regscan:vulndb:refresh"
 REMATCH_KICK = "regscan:vulndb:rematch-kick"
 REMATCH_KICK_SECONDS = 60
+
+
+FAIR_RING = "regscan:fair:ring"
+FAIR_ACTIVE = "regscan:fair:active"
+
+
+def fair_team(team: str) -> str:
+    return f"regscan:fair:team:{team}"
 
 
 def stop_flag(job_id: int) -> str:
@@ -68,5 +82,6 @@ ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND, QUEUE_REMATCH, QUEUE_
 TASK_REGULAR = "regscan.run_regular_scan"
 TASK_IMAGE = "regscan.scan_image"
 TASK_ONDEMAND = "regscan.scan_on_demand"
+TASK_ONDEMAND_NEXT = "regscan.scan_on_demand_next"
 TASK_REMATCH = "regscan.rematch"
 TASK_CALLBACK = "regscan.deliver_callback"

@@ -25,11 +25,21 @@ from models.db import transaction
 from models.jobs import REGULAR_KINDS
 from regscan.settings import Settings
 from scanner.reference import parse_registry
-from scheduler import keys
-from scheduler.errors import Busy, NoSpecifications, NothingSelected, OutOfScope, ScanConflict
+from scheduler import fair, keys
+from scheduler.errors import (
+    Busy,
+    NoSpecifications,
+    NothingSelected,
+    OutOfScope,
+    ScanConflict,
+    TeamOverLimit,
+)
 from scheduler.scope import Spec, describe_miss, find_spec
 
 log = logging.getLogger(__name__)
+
+# What a team over its on-demand limit is told to wait before asking again.
+ON_DEMAND_RETRY_AFTER_SECONDS = 5
 
 
 class Publisher(Protocol):
@@ -191,6 +201,7 @@ class Scheduler:
         image outside the configuration gets the reason instead of a job."""
         answers: list[ScanJob | OutOfScope] = []
         with transaction(self.sessions) as session:
+            self._check_team_limit(session, team, len(refs))
             specs = load_specs(session)
             for ref in refs:
                 try:
@@ -209,13 +220,25 @@ class Scheduler:
                 )
                 _add_target_item(session, job, spec, ref)
                 answers.append(job)
-        for job in answers:
-            if isinstance(job, ScanJob):
-                self.publisher.send_task(
-                    keys.TASK_ONDEMAND, args=[job.id], queue=keys.QUEUE_ONDEMAND
-                )
-                log.info("job=%s kind=on-demand image=%s published", job.id, job.target_name)
+        jobs = [job for job in answers if isinstance(job, ScanJob)]
+        fair.push(self.redis, team, [job.id for job in jobs])
+        for job in jobs:
+            # One slot per job; which job a slot runs is decided fairly when it runs.
+            self.publisher.send_task(keys.TASK_ONDEMAND_NEXT, queue=keys.QUEUE_ONDEMAND)
+            log.info("job=%s kind=on-demand team=%s published", job.id, team)
         return answers
+
+    def _check_team_limit(self, session: Session, team: str, adding: int) -> None:
+        """A team may have so many on-demand scans waiting or running, no more."""
+        limit = self.settings.team_ondemand_limit
+        waiting = svc.active_on_demand(session, team)
+        if waiting + adding > limit:
+            raise TeamOverLimit(
+                f"team {team or '(none)'} has {waiting} on-demand scans waiting or running; "
+                f"the limit is {limit} per team, so {adding} more cannot be queued now. "
+                "Try again when some have finished.",
+                retry_after=ON_DEMAND_RETRY_AFTER_SECONDS,
+            )
 
     def _admit_regular(
         self,
@@ -331,7 +354,8 @@ class Scheduler:
 
     def _reap_on_demand(self) -> list[int]:
         stale = svc.older_than(self.settings.ondemand_stale_seconds)
-        return self._republish((JobStatus.QUEUED, JobStatus.RUNNING), stale, JobKind.ON_DEMAND)
+        # Only scans a worker took and went silent on: waiting ones wait their team's turn.
+        return self._republish((JobStatus.RUNNING,), stale, JobKind.ON_DEMAND)
 
     def _republish(self, statuses, stale, *kinds: JobKind) -> list[int]:
         handled = []

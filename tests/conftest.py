@@ -44,6 +44,8 @@ FAST_TIMINGS = {
     "REGSCAN_REGISTRY_READ_TIMEOUT": "15",
     # Small enough for a test's decompression bomb to cross it.
     "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
+    # Small enough for a test to cross it with two bulk requests.
+    "REGSCAN_TEAM_ONDEMAND_LIMIT": "120",
     # Schedules of a few seconds, and schedulers that look often.
     "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
     "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",

@@ -25,6 +25,7 @@ def make_celery(settings: Settings) -> Celery:
             keys.TASK_REGULAR: {"queue": keys.QUEUE_REGULAR},
             keys.TASK_IMAGE: {"queue": keys.QUEUE_IMAGES},
             keys.TASK_ONDEMAND: {"queue": keys.QUEUE_ONDEMAND},
+            keys.TASK_ONDEMAND_NEXT: {"queue": keys.QUEUE_ONDEMAND},
             keys.TASK_REMATCH: {"queue": keys.QUEUE_REMATCH},
             keys.TASK_CALLBACK: {"queue": keys.QUEUE_CALLBACKS},
         },

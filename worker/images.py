@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models import Image, ImageScan, ItemStatus, JobKind, JobStatus
@@ -102,6 +102,7 @@ def _write(
     for _ in range(WRITE_TRIES):
         try:
             with transaction(rt.sessions) as session:
+                svc.serialize_tag_writers(session, item)
                 error = found if isinstance(found, str) else None
                 svc.finish_item(session, item, attempt, status, error)
                 if isinstance(found, list):
@@ -114,11 +115,18 @@ def _write(
                 elif error is not None:
                     svc.record_failure(session, item, error)
             return
-        except IntegrityError:
+        except (IntegrityError, OperationalError) as exc:
+            # A concurrent writer won a race (or the database broke a deadlock): the
+            # transaction was rolled back whole, so writing again is safe.
+            log.info("image_scan=%s writing again after: %s", item.id, exc.__class__.__name__)
             continue
         except svc.Fenced as exc:
             log.warning("image_scan=%s result dropped: %s", item.id, exc)
             return
+    if status is not ItemStatus.FAILED:
+        # The image must not stay "running" forever: end it failed, saying why.
+        _write(rt, item, attempt, ItemStatus.FAILED, "could not store the scan result")
+        return
     raise RuntimeError(f"image_scan={item.id}: could not store its result")
 
 

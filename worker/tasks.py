@@ -11,6 +11,7 @@ import threading
 import requests
 from celery.signals import worker_ready, worker_shutdown
 
+from scheduler import fair
 from worker import callbacks, images, regular, vulndb
 from worker.app import app
 from worker.runtime import get_runtime
@@ -37,6 +38,15 @@ def scan_image(item_id: int, attempt: int) -> None:
 @app.task(name="regscan.scan_on_demand")
 def scan_on_demand(job_id: int) -> None:
     images.scan_on_demand(get_runtime(), job_id)
+
+
+@app.task(name="regscan.scan_on_demand_next")
+def scan_on_demand_next() -> None:
+    """A slot on the on-demand queue: run the next job of the team whose turn it is."""
+    rt = get_runtime()
+    job_id = fair.pop(rt.redis)
+    if job_id is not None:
+        images.scan_on_demand(rt, job_id)
 
 
 @app.task(name="regscan.rematch")
