@@ -149,21 +149,25 @@ def _write_record(session: Session, row: RecordRow, source_id: int | None, repla
         session.add(VulnRecord(id=row.id, **values))
 
 
-def candidate_records(session: Session, keys: set[tuple[str, str]]) -> list[dict[str, Any]]:
-    """The records (as OSV JSON) that name any of the (ecosystem, name) pairs, withdrawn
-    ones left out."""
+def candidate_ids(session: Session, keys: set[tuple[str, str]]) -> set[str]:
+    """Ids of the records that name any of the (ecosystem, name) pairs."""
     ids: set[str] = set()
     for chunk in _chunks(sorted({name for _eco, name in keys})):
         stmt = select(VulnPackage.record_id, VulnPackage.ecosystem, VulnPackage.name).where(
             VulnPackage.name.in_(chunk)
         )
         ids.update(rid for rid, eco, name in session.execute(stmt) if (eco, name) in keys)
-    records: list[dict[str, Any]] = []
+    return ids
+
+
+def records_by_id(session: Session, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The records (as OSV JSON) with these ids, withdrawn ones left out."""
+    records: dict[str, dict[str, Any]] = {}
     for chunk in _chunks(sorted(ids)):
-        stmt = select(VulnRecord.record).where(
+        stmt = select(VulnRecord.id, VulnRecord.record).where(
             VulnRecord.id.in_(chunk), VulnRecord.withdrawn.is_(None)
         )
-        records.extend(session.scalars(stmt))
+        records.update((rid, record) for rid, record in session.execute(stmt))
     return records
 
 

@@ -157,15 +157,25 @@ def _chunked(items: Iterable[osv.Record | osv.Invalid], size: int) -> Iterator[l
 # -- matching ----------------------------------------------------------------------------
 
 
-def match_image(session: Session, image: Image, generation: int | None = None) -> int:
+def match_image(
+    session: Session,
+    image: Image,
+    generation: int | None = None,
+    parsed: dict[str, osv.Record | None] | None = None,
+) -> int:
     """Match one stored image against the data and replace its findings; the number of
     findings. Reads the generation before the records, so data that changes meanwhile
-    leaves the image due for another pass rather than marked current."""
+    leaves the image due for another pass rather than marked current.
+
+    ``parsed`` caches records already read and parsed, by id, across the images of a
+    batch: images share most of their candidate records, and reading and parsing them
+    again for each image is most of a re-match's cost.
+    """
     if generation is None:
         generation = store.current_generation(session)
     image_os = matching.ImageOS(image.os_distro, image.os_distro_version, image.distro)
     found = matching.targets(image_os, image.packages or [])
-    records = _parsed(store.candidate_records(session, matching.lookup_keys(found)))
+    records = _records(session, store.candidate_ids(session, matching.lookup_keys(found)), parsed)
     result = matching.match(found, records, utcnow())
     if result.unreadable_ranges:
         log.info(
@@ -175,14 +185,24 @@ def match_image(session: Session, image: Image, generation: int | None = None) -
     return len(result.findings)
 
 
-def _parsed(raw: Iterable[dict]) -> list[osv.Record]:
-    records = []
-    for data in raw:
-        try:
-            records.append(osv.parse_record(data))
-        except osv.InvalidRecord as exc:  # stored by an older, laxer version of us
-            log.warning("stored OSV record is invalid, not matched: %s", exc)
-    return records
+def _records(
+    session: Session, ids: set[str], parsed: dict[str, osv.Record | None] | None
+) -> list[osv.Record]:
+    """The parsed records with these ids, reading only those not in ``parsed`` yet."""
+    cache: dict[str, osv.Record | None] = {} if parsed is None else parsed
+    missing = ids - cache.keys()
+    read = store.records_by_id(session, missing)
+    for rid in missing:
+        cache[rid] = _parse(read[rid]) if rid in read else None  # None: withdrawn
+    return [record for rid in ids if (record := cache[rid]) is not None]
+
+
+def _parse(data: dict) -> osv.Record | None:
+    try:
+        return osv.parse_record(data)
+    except osv.InvalidRecord as exc:  # stored by an older, laxer version of us
+        log.warning("stored OSV record is invalid, not matched: %s", exc)
+        return None
 
 
 def rematch_batch(sessions: sessionmaker[Session], limit: int) -> int:
@@ -190,8 +210,9 @@ def rematch_batch(sessions: sessionmaker[Session], limit: int) -> int:
     with transaction(sessions) as session:
         generation = store.current_generation(session)
         images = store.images_due(session, generation, limit)
+        parsed: dict[str, osv.Record | None] = {}
         for image in images:
-            match_image(session, image, generation)
+            match_image(session, image, generation, parsed)
     return len(images)
 
 
