@@ -15,25 +15,17 @@ name to its scheme. Each scheme follows its reference tool:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from scanner.versions import apk, dpkg, maven, pep440, rpm, semver
-from scanner.versions._base import InvalidVersion
+from scanner.versions._base import InvalidVersion, sign
 
 __all__ = ["SCHEMES", "InvalidVersion", "compare", "scheme_for", "sort_key"]
 
 SCHEMES = ("dpkg", "apk", "rpm", "pep440", "semver", "go", "maven")
 
-_COMPARE: dict[str, Callable[[str, str], int]] = {
-    "dpkg": dpkg.compare,
-    "apk": apk.compare,
-    "rpm": rpm.compare,
-    "pep440": pep440.compare,
-    "semver": semver.compare,
-    "go": semver.go_compare,
-    "maven": maven.compare,
-}
 _KEY: dict[str, Callable[[str], Any]] = {
     "dpkg": dpkg.key,
     "apk": apk.key,
@@ -63,7 +55,7 @@ _ECOSYSTEMS = {
 
 
 def _scheme(scheme: str) -> str:
-    if scheme not in _COMPARE:
+    if scheme not in _KEY:
         raise ValueError(f"unknown version scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     return scheme
 
@@ -80,13 +72,22 @@ def compare(scheme: str, a: str, b: str) -> int:
     Raises InvalidVersion for a string the scheme cannot parse and ValueError for
     an unknown scheme.
     """
-    compare_fn = _COMPARE[_scheme(scheme)]
-    return compare_fn(_checked(scheme, a), _checked(scheme, b))
+    _scheme(scheme)
+    return sign(_key(scheme, _checked(scheme, a)), _key(scheme, _checked(scheme, b)))
 
 
 def sort_key(scheme: str, v: str) -> Any:
     """Return an object ordering like ``compare`` orders ``v``, for sorting many versions."""
-    return _KEY[_scheme(scheme)](_checked(scheme, v))
+    return _key(_scheme(scheme), _checked(scheme, v))
+
+
+# Matching compares the same few thousand versions (installed ones and the records'
+# events) over and over, across images; parsing them once each is most of the saving.
+# Keys are never changed after parsing, so sharing them is safe. A version that does not
+# parse raises each time (exceptions are not cached).
+@functools.lru_cache(maxsize=65536)
+def _key(scheme: str, v: str) -> Any:
+    return _KEY[scheme](v)
 
 
 def scheme_for(ecosystem: str) -> str | None:
