@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -149,15 +149,18 @@ def _write_record(session: Session, row: RecordRow, source_id: int | None, repla
         session.add(VulnRecord(id=row.id, **values))
 
 
-def candidate_ids(session: Session, keys: set[tuple[str, str]]) -> set[str]:
-    """Ids of the records that name any of the (ecosystem, name) pairs."""
-    ids: set[str] = set()
+def records_naming(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
+    """Ids of the records that name each (ecosystem, name) pair; pairs no record names
+    are left out."""
+    found: dict[tuple[str, str], set[str]] = {}
     for chunk in _chunks(sorted({name for _eco, name in keys})):
         stmt = select(VulnPackage.record_id, VulnPackage.ecosystem, VulnPackage.name).where(
             VulnPackage.name.in_(chunk)
         )
-        ids.update(rid for rid, eco, name in session.execute(stmt) if (eco, name) in keys)
-    return ids
+        for rid, eco, name in session.execute(stmt):
+            if (eco, name) in keys:
+                found.setdefault((eco, name), set()).add(rid)
+    return found
 
 
 def records_by_id(session: Session, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -288,18 +291,24 @@ def replace_findings(
 ) -> None:
     """An image's findings, all replaced, and the generation they were matched against."""
     session.execute(delete(Finding).where(Finding.image_id == image.id))
-    session.add_all(
-        Finding(
-            image_id=image.id,
-            vuln_id=f["cve"],
-            package_type=f["packageType"],
-            package_name=f["packageName"],
-            package_version=f["packageVersion"],
-            severity=f["severity"],
-            cvss=f["cvss"],
-            detail=f,
+    if findings:
+        # One multi-row INSERT rather than an ORM object per finding: an image can have
+        # hundreds, and re-matching writes them for every image of the fleet.
+        session.execute(
+            insert(Finding.__table__),
+            [
+                {
+                    "image_id": image.id,
+                    "vuln_id": f["cve"],
+                    "package_type": f["packageType"],
+                    "package_name": f["packageName"],
+                    "package_version": f["packageVersion"],
+                    "severity": f["severity"],
+                    "cvss": f["cvss"],
+                    "detail": f,
+                }
+                for f in findings
+            ],
         )
-        for f in findings
-    )
     image.matched_generation = generation
     session.flush()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -105,6 +106,14 @@ class MatchResult:
 
 
 @dataclass(frozen=True)
+class TargetMatch:
+    """What the records say about one target: its findings, and the ranges skipped."""
+
+    findings: tuple[dict[str, Any], ...]
+    unreadable_ranges: int = 0
+
+
+@dataclass(frozen=True)
 class _Hit:
     record: Record
     affected: Affected
@@ -176,37 +185,71 @@ def lookup_keys(found: Sequence[Target]) -> set[tuple[str, str]]:
 # -- matching ---------------------------------------------------------------------------
 
 
-def match(found: Sequence[Target], records: Iterable[Record], now: datetime) -> MatchResult:
-    """The findings of ``found`` in ``records``: one per vulnerability and package."""
+def match(
+    found: Sequence[Target],
+    records: Iterable[Record],
+    now: datetime,
+    memo: dict[Target, TargetMatch] | None = None,
+) -> MatchResult:
+    """The findings of ``found`` in ``records``: one per vulnerability and package.
+
+    A target's findings depend only on the target and the records naming it, so images
+    matched against the same records can share ``memo``: targets already in it are not
+    evaluated again, and the ones evaluated here are added to it.
+    """
+    memo = {} if memo is None else memo
+    unique = list(dict.fromkeys(found))
+    memo.update(_match_targets([t for t in unique if t not in memo], records, now))
     result = MatchResult()
+    for target in unique:
+        matched = memo[target]
+        result.findings.extend(matched.findings)
+        result.unreadable_ranges += matched.unreadable_ranges
+    result.findings.sort(key=_finding_order)
+    return result
+
+
+def _match_targets(
+    found: Sequence[Target], records: Iterable[Record], now: datetime
+) -> dict[Target, TargetMatch]:
     index: dict[tuple[str, str], list[Target]] = {}
     for t in found:
         for eco in t.ecosystems:
             index.setdefault((eco, t.name), []).append(t)
-    hits: dict[Target, list[_Hit]] = {}
+    hits: dict[Target, list[_Hit]] = {t: [] for t in found}
+    unreadable: Counter[Target] = Counter()
     for record in records:
         if record.withdrawn is not None:
             continue  # withdrawn: kept for the record, never reported
         for affected in record.affected:
             key = (affected.ecosystem, normalise_name(affected.ecosystem, affected.name))
             for target in index.get(key, ()):
-                hit = _evaluate(record, affected, target, result)
+                hit = _evaluate(record, affected, target, unreadable)
                 if hit is not None:
-                    hits.setdefault(target, []).append(hit)
-    for target, target_hits in hits.items():
-        for group in _by_vulnerability(target_hits):
-            result.findings.append(_finding(target, *group, now=now))
-    result.findings.sort(key=_finding_order)
-    return result
+                    hits[target].append(hit)
+    return {
+        target: TargetMatch(
+            tuple(_finding(target, *group, now=now) for group in _by_vulnerability(found_hits)),
+            unreadable[target],
+        )
+        for target, found_hits in hits.items()
+    }
 
 
 def _finding_order(f: dict[str, Any]) -> tuple[Any, ...]:
     rank = SEVERITY_ORDER.index(f["severity"]) if f["severity"] in SEVERITY_ORDER else 9
-    return (rank, -(f["cvss"] or 0), f["packageName"], f["cve"])
+    return (
+        rank,
+        -(f["cvss"] or 0),
+        f["packageName"],
+        f["cve"],
+        f["packageVersion"],
+        f["packageType"],
+    )
 
 
 def _evaluate(
-    record: Record, affected: Affected, target: Target, result: MatchResult
+    record: Record, affected: Affected, target: Target, unreadable: Counter[Target]
 ) -> _Hit | None:
     """A hit when ``target`` is affected, per the schema's ``IsVulnerable``."""
     scheme = _scheme(affected.ecosystem)
@@ -216,12 +259,12 @@ def _evaluate(
             continue  # commit ranges need the repository's history; versions[] covers them
         range_scheme = "semver" if rng.type == "SEMVER" else scheme
         if range_scheme is None:
-            result.unreadable_ranges += 1
+            unreadable[target] += 1
             continue
         try:
             affected_here, fix = in_range(rng, target.version, range_scheme)
         except InvalidVersion:
-            result.unreadable_ranges += 1
+            unreadable[target] += 1
             continue
         if affected_here:
             return _Hit(record, affected, fix)
@@ -374,16 +417,22 @@ def _severity(hits: list[_Hit]) -> tuple[float | None, str, str]:
 
 
 def _cvss(entry: Severity) -> tuple[float, str, str] | None:
+    return _scored_vector(entry.type, entry.score)
+
+
+# Many findings share a vector (one record, many images): each is parsed once.
+@functools.lru_cache(maxsize=16384)
+def _scored_vector(kind: str, vector: str) -> tuple[float, str, str] | None:
     try:
-        if entry.type == "CVSS_V3":
-            v3 = CVSS3(entry.score)
+        if kind == "CVSS_V3":
+            v3 = CVSS3(vector)
             score, word = float(v3.scores()[0]), v3.severities()[0]
         else:
-            v4 = CVSS4(entry.score)
+            v4 = CVSS4(vector)
             score, word = float(v4.base_score), v4.severity
     except (CVSSError, ValueError, KeyError, IndexError):
         return None  # a vector the library rejects: try the next one
-    return score, entry.score, RATINGS.get(word.lower(), "low")
+    return score, vector, RATINGS.get(word.lower(), "low")
 
 
 def _rating(hits: list[_Hit], entries: list[Severity]) -> str:

@@ -350,6 +350,48 @@ def test_targets_group_binaries_by_source_and_skip_os_packages_of_an_unknown_os(
     assert matching.targets(ImageOS("", ""), packages) == []
 
 
+def test_images_sharing_a_memo_get_the_findings_each_gets_alone():
+    records = [
+        osv.parse_record(r)
+        for r in (
+            record("CVE-2026-0201", pkg("Debian:12", "foo", {"introduced": "0"}, {"fixed": "2"})),
+            record("CVE-2026-0202", pkg("Debian", "bar", {"introduced": "0"})),
+            record("CVE-2026-0203", pkg("PyPI", "lib", {"introduced": "0"}, {"fixed": "1.0"})),
+        )
+    ]
+    images = [
+        [debian("foo", "1"), debian("bar", "5")],
+        [debian("foo", "3"), debian("libbar", "5", "bar")],  # same source, other binaries
+        [debian("foo", "1"), {"type": "python", "name": "Lib", "version": "0.9"}],
+    ]
+    memo: dict[Target, matching.TargetMatch] = {}
+    shared = [matching.match(matching.targets(BOOKWORM, p), records, NOW, memo) for p in images]
+    alone = [matching.match(matching.targets(BOOKWORM, p), records, NOW) for p in images]
+    assert [r.findings for r in shared] == [r.findings for r in alone]
+    assert [summary(r.findings) for r in shared] == [
+        {
+            ("CVE-2026-0201", "foo", "1", "", "fixed in 2"),
+            ("CVE-2026-0202", "bar", "5", "", "open"),
+        },
+        {("CVE-2026-0202", "bar", "5", "", "open")},
+        {
+            ("CVE-2026-0201", "foo", "1", "", "fixed in 2"),
+            ("CVE-2026-0203", "Lib", "0.9", "", "fixed in 1.0"),
+        },
+    ]
+    assert shared[1].findings[0]["binaryPkgs"] == ["libbar"]
+
+
+def test_a_rematch_batch_of_an_older_generation_never_shares_the_newer_memo():
+    from worker.vulndb import memo_for
+
+    newer = memo_for(10**9)
+    assert memo_for(10**9) is newer
+    older = memo_for(10**9 - 1)
+    assert older is not newer and older.generation == 10**9 - 1
+    assert memo_for(10**9) is newer  # the older batch did not replace it
+
+
 # -- reading records ------------------------------------------------------------------------
 
 
