@@ -11,6 +11,7 @@ scan stored, without asking a registry anything. This compares, in the same run:
                 warm for the shared base layer (as in production, where the base was
                 analysed long before) and cold for each image's own layer. Nothing is
                 stored and nothing is matched, so this is the cheapest a re-scan gets.
+                Run before B (A1) and after C (A2); the ratio takes the faster.
   B  first match  10,000 stored images (100-300 packages each, drawn from a package
                 pool, Debian 12) matched against 5,000 OSV records imported through the
                 real import path (a zip written like osv.dev's all.zip).
@@ -19,11 +20,13 @@ scan stored, without asking a registry anything. This compares, in the same run:
 
 B and C call ``worker.vulndb.rematch_batch`` in the Celery task's batches until a batch
 comes back short, in this process, so Celery's overhead is left out; ``--celery`` runs
-them through a real worker on a private Redis instead. The registry is stopped before B,
-and connection attempts to its port are counted in every phase.
+them through a real worker on a private Redis instead. The registry stays up all along,
+and its access log counts the requests it served in each phase.
 
     .venv/bin/python bench/rematch.py [--images 10000] [--scan-images 200]
         [--records 5000] [--database sqlite|postgresql] [--celery]
+
+With the defaults a run takes about 25 minutes on two cores, nearly all of it in B and C.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import os
 import platform
 import random
+import re
 import secrets
 import signal
 import sqlite3
@@ -620,14 +624,16 @@ class Phase:
     name: str
     images: int
     clock: Clock
-    registry_connects: int
+    registry_requests: int  # served by the registry meanwhile, from its access log
 
     @property
     def per_second(self) -> float:
         return self.images / self.clock.seconds if self.clock.seconds else 0.0
 
 
-def rescan_phase(settings: Settings, registry: RegistryServer, pushed: list[PushedImage]) -> Phase:
+def rescan_phase(
+    name: str, settings: Settings, registry: RegistryServer, pushed: list[PushedImage]
+) -> Phase:
     cache = MemoryLayerCache()
     # One per registry for the whole process, as worker.runtime.RegistryAuths keeps it.
     auth = RegistryAuth(
@@ -637,7 +643,7 @@ def rescan_phase(settings: Settings, registry: RegistryServer, pushed: list[Push
     # cache has seen it long before, while each image's own layer is new.
     scan(settings, registry.url, auth, pushed[0], cache)
     timed = pushed[1:]
-    with CONNECTS.counting(registry.port) as connects, clocked() as clock:
+    with requests_served(registry) as served, clocked() as clock:
         found = [scan(settings, registry.url, auth, image, cache) for image in timed]
     wrong = [(i, n) for i, n in zip(timed, found, strict=True) if n != i.packages]
     if wrong:
@@ -646,34 +652,21 @@ def rescan_phase(settings: Settings, registry: RegistryServer, pushed: list[Push
     # Every timed image: its base layer from the cache, its own layer downloaded.
     if (cache.hits, cache.misses - 2) != (len(timed), len(timed)):
         raise BenchError(f"layer cache: {cache.hits} hits, {cache.misses} misses")
-    return Phase("A re-scan from the registry (baseline)", len(timed), clock, connects())
+    return Phase(name, len(timed), clock, served())
 
 
-class ConnectionCounter:
-    """Connection attempts of this process to one port of 127.0.0.1, from the
-    interpreter's audit events, so even an attempt that fails is counted."""
-
-    def __init__(self) -> None:
-        self.port: int | None = None
-        self.count = 0
-        sys.addaudithook(self._event)
-
-    def _event(self, event: str, args: tuple[Any, ...]) -> None:
-        if event == "socket.connect" and self.port is not None:
-            address = args[1]
-            if isinstance(address, tuple) and address[:2] == ("127.0.0.1", self.port):
-                self.count += 1
-
-    @contextlib.contextmanager
-    def counting(self, port: int) -> Iterator[Callable[[], int]]:
-        self.port, self.count = port, 0
-        try:
-            yield lambda: self.count
-        finally:
-            self.port = None
+_ACCESS_LINE = re.compile(r'^\S+ - \S+ \[[^]]*\] "[A-Z]+ ', re.MULTILINE)
 
 
-CONNECTS = ConnectionCounter()
+@contextlib.contextmanager
+def requests_served(registry: RegistryServer) -> Iterator[Callable[[], int]]:
+    """Requests the registry serves in the block, whoever sends them (a worker too),
+    counted in its access log, which it writes whatever the log level."""
+    before = len(_ACCESS_LINE.findall(registry.read_log()))
+    counted: list[int] = []
+    yield lambda: counted[0]
+    time.sleep(0.2)  # the registry writes its line after the response
+    counted.append(len(_ACCESS_LINE.findall(registry.read_log())) - before)
 
 
 # -- phases B and C: matching stored inventories ---------------------------------------------
@@ -758,10 +751,10 @@ def celery_matcher(sessions: sessionmaker[Session], settings: Settings) -> Match
     return run
 
 
-def match_phase(name: str, matcher: Matcher, registry_port: int) -> Phase:
-    with CONNECTS.counting(registry_port) as connects, clocked() as clock:
+def match_phase(name: str, matcher: Matcher, registry: RegistryServer) -> Phase:
+    with requests_served(registry) as served, clocked() as clock:
         matched = matcher()
-    return Phase(name, matched, clock, connects())
+    return Phase(name, matched, clock, served())
 
 
 @dataclass
@@ -876,19 +869,21 @@ def registry_version() -> str:
     return out.stdout.strip().split()[-1] if out.stdout.strip() else "?"
 
 
-def report(phases: list[Phase], facts: list[str]) -> None:
+def report(phases: list[Phase], rescan: Phase, rematch: Phase, facts: list[str]) -> None:
     print(
-        f"{'phase':<42}{'images':>7}{'seconds':>9}{'images/s':>10}{'cpu %':>7}"
-        f"{'registry conns':>16}"
+        f"{'phase':<40}{'images':>7}{'seconds':>9}{'images/s':>10}{'cpu %':>7}"
+        f"{'registry requests':>19}"
     )
     for p in phases:
         print(
-            f"{p.name:<42}{p.images:>7}{p.clock.seconds:>9.2f}{p.per_second:>10.1f}"
-            f"{p.clock.cpu_share * 100:>7.0f}{p.registry_connects:>16}"
+            f"{p.name:<40}{p.images:>7}{p.clock.seconds:>9.2f}{p.per_second:>10.1f}"
+            f"{p.clock.cpu_share * 100:>7.0f}{p.registry_requests:>19}"
         )
-    rescan, rematch = phases[0], phases[-1]
     ratio = rematch.per_second / rescan.per_second
-    print(f"ratio: re-match / re-scan = {ratio:.3f} images per second ({_inverse(ratio)})")
+    print(
+        f"ratio: re-match (C) / re-scan (the faster A) = {ratio:.3f} images per second "
+        f"({_inverse(ratio)})"
+    )
     # A's scan stops at the inventory, but a real re-scan goes on to match it, as C does.
     both = 1 / (1 / rescan.per_second + 1 / rematch.per_second)
     print(
@@ -912,17 +907,17 @@ def machine_facts(load: float) -> list[str]:
     ]
 
 
-def check(phases: list[Phase], outcomes: list[Outcome], images: int) -> list[str]:
+def check(matches: list[Phase], outcomes: list[Outcome], images: int) -> list[str]:
     problems = []
-    for phase, done in zip(phases[1:], outcomes, strict=True):
+    for phase, done in zip(matches, outcomes, strict=True):
         if phase.images != images:
             problems.append(f"{phase.name}: matched {phase.images} of {images} images")
         if done.behind:
             problems.append(
                 f"{phase.name}: {done.behind} images not at generation {done.generation}"
             )
-        if phase.registry_connects:
-            problems.append(f"{phase.name}: {phase.registry_connects} registry connections")
+        if phase.registry_requests:
+            problems.append(f"{phase.name}: the registry served {phase.registry_requests} requests")
         if not done.findings:
             problems.append(f"{phase.name}: no findings at all; the data set matches nothing")
     return problems
@@ -939,31 +934,33 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     pool = make_pool(rng)
     batch = args.batch or settings.rematch_batch
 
+    # Up all along, so that its access log shows it is not asked anything while matching.
     registry = stack.enter_context(RegistryServer())
     progress(f"pushing {args.scan_images + 1} images, then re-scanning them")
     pushed = push_images(Pusher(registry.url), rng, pool, args.scan_images + 1)
-    rescan = done(rescan_phase(settings, registry, pushed))
-    registry.stop()  # matching must not need it: it is not there to be asked
+    before = done(rescan_phase("A1 re-scan from the registry", settings, registry, pushed))
 
     database_url = open_database(args.database, stack, tmp)
     sessions = open_sessions(database_url, settings, stack)
     setup = prepare(sessions, rng, pool, args, tmp)
     matcher = make_matcher(args.celery, stack, sessions, database_url, batch, tmp)
     progress(f"B: matching {args.images} stored images")
-    first = done(match_phase("B first match of stored inventories", matcher, registry.port))
+    first = done(match_phase("B first match of stored inventories", matcher, registry))
     first_outcome = outcome(sessions)
     _, setup.update_seconds = import_export(sessions, setup.update_zip)
     progress(f"C: re-matching {args.images} stored images")
-    again = done(match_phase("C re-match after a data update", matcher, registry.port))
+    again = done(match_phase("C re-match after a data update", matcher, registry))
     again_outcome = outcome(sessions)
+    # Measured again: load from elsewhere over the long matching phases shows as a gap.
+    after = done(rescan_phase("A2 re-scan again, after C", settings, registry, pushed))
 
-    phases = [rescan, first, again]
+    rescan = max(before, after, key=lambda p: p.per_second)
     facts += _run_facts(args, database_url, batch, setup.stored, pushed)
     facts += [setup.describe(), _findings_fact(first_outcome, again_outcome)]
     # With the load before the run, says whether other work shared the machine meanwhile.
     facts.append(f"load after the run: {os.getloadavg()[0]:.2f}")
-    report(phases, facts)
-    problems = check(phases, [first_outcome, again_outcome], args.images)
+    report([before, first, again, after], rescan, again, facts)
+    problems = check([first, again], [first_outcome, again_outcome], args.images)
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)
     return 1 if problems else 0
