@@ -26,7 +26,7 @@ and its access log counts the requests it served in each phase.
     .venv/bin/python bench/rematch.py [--images 10000] [--scan-images 200]
         [--records 5000] [--database sqlite|postgresql] [--celery]
 
-With the defaults a run takes about 25 minutes on two cores, nearly all of it in B and C.
+With the defaults a run takes about 10 minutes on two cores: B, C and storing the images.
 """
 
 from __future__ import annotations
