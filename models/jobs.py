@@ -134,6 +134,8 @@ class ImageScan(Base):
     registry_host: Mapped[str] = mapped_column(String(255))
     # The credential of the specification the image was found through ("" for none).
     credential_id: Mapped[str] = mapped_column(String(128), default="")
+    # The specification's os: only platform images of it are scanned ("" for any).
+    os: Mapped[str] = mapped_column(String(32), default="")
     repository: Mapped[str] = mapped_column(String(512))
     tag: Mapped[str] = mapped_column(String(255), default="")
     digest: Mapped[str] = mapped_column(String(100), default="")

@@ -64,7 +64,8 @@ def resolve_image(
 
     ``checkpoint`` is called before every registry request; it may raise ``ScanStopped``.
     ``platforms`` keeps only images whose os[/architecture[/variant]] starts with one
-    of the given entries, e.g. ``{"linux"}`` or ``{"linux/arm64"}``.
+    of the given entries, e.g. ``{"linux"}`` or ``{"linux/arm64"}``; a single image
+    whose config names no os is kept.
     ``known`` describes an image manifest from its digest when the caller has seen it
     before (manifests are immutable); its answer is used as is, with ``index_digest``
     set to where it was reached from now, and no config blob is fetched for it.
@@ -80,7 +81,8 @@ def resolve_image(
         image = replace(image, index_digest=None)
     else:
         image = _describe(client, repository, manifest, step, index_digest=None)
-    return [image] if _wanted(image.platform, platforms) else []
+    # An image whose config names no os is not refused for it.
+    return [image] if not image.os or _wanted(image.platform, platforms) else []
 
 
 def newest_first(

@@ -67,6 +67,36 @@ def test_regular_scan_of_everything_in_scope(api: Api, pusher: Pusher, registry,
     assert {r["indexDigest"] for r in cli} == {index.digest}
 
 
+def test_only_images_of_the_specifications_os_are_scanned(api: Api, pusher: Pusher, registry, name):
+    # Given an index with a Linux and a Windows image, and a Linux-only image
+    index = pusher.push_multiplatform(
+        f"{name}/tool", "1", {"t": b"1"}, ("linux/amd64", "windows/amd64")
+    )
+    pusher.push_image(f"{name}/web", "1", {"w": b"1"})
+    host = f"http://{registry.host}"
+
+    # When everything is scanned under the default os (linux)
+    api.set_specs(spec(host, f"{name}/*"))
+    done = api.wait_job(api.scan().json()["id"])
+
+    # Then the Windows image of the index is left out, and no image failed
+    assert done["counts"] == {"total": 2, "scanned": 2, "failed": 0, "skipped": 0}
+    tool = api.results(name=f"{registry.host}/{name}/tool:1")
+    assert [r["platform"] for r in tool] == ["linux/amd64"]
+    assert tool[0]["digest"] == index.children[0].digest
+
+    # When the same images are scanned under a Windows specification
+    api.set_specs(spec(host, f"{name}/*", os="windows"))
+    done = api.wait_job(api.scan().json()["id"])
+
+    # Then the index gives its Windows image, and the Linux-only image fails saying why
+    assert done["counts"] == {"total": 2, "scanned": 1, "failed": 1, "skipped": 0}
+    tool = api.results(name=f"{registry.host}/{name}/tool:1")
+    assert [r["platform"] for r in tool] == ["windows/amd64"]
+    [web] = api.results(name=f"{registry.host}/{name}/web:1")
+    assert "has no windows image" in web["err"] and "os setting" in web["err"]
+
+
 def test_a_sweep_scans_the_newest_tags_up_to_cap_with_at_most_scanners_at_once(
     api: Api, pusher: Pusher, slow_registry: FaultProxy, name
 ):

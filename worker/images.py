@@ -74,12 +74,24 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
     last scan by this analyser version, so nothing was downloaded for it)."""
     reference = item.digest or item.tag or "latest"
     known = KnownImages(rt, item.registry_host, item.repository)
+    # Only the specification's os: a Linux scan leaves out the Windows images of an index.
+    platforms = {item.os} if item.os else None
     with rt.registry_client(item.registry_url, item.credential_id) as client:
         images = resolve_image(
-            client, item.repository, reference, checkpoint=checkpoint, known=known
+            client,
+            item.repository,
+            reference,
+            checkpoint=checkpoint,
+            platforms=platforms,
+            known=known,
         )
         if not images:
             name = f"{item.registry_host}/{item.repository}:{reference}"
+            if item.os:
+                raise ScanError(
+                    f"{name} has no {item.os} image, and its registry specification scans "
+                    f"{item.os} images only (its os setting)"
+                )
             raise ScanError(f"{name} has no platform image")
         found: Found = []
         for image in images:

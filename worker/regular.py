@@ -110,6 +110,7 @@ class Sweep:
                         "spec_position": spec.position,
                         "registry_url": spec.address.base_url,
                         "credential_id": spec.credential_id,
+                        "os": spec.os,
                         "registry_host": spec.address.host,
                         "repository": repo,
                         "tag": tag,
