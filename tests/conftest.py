@@ -175,11 +175,13 @@ class Stack:
         self.port = free_port()
         self.api = Api(f"http://127.0.0.1:{self.port}")
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "regscan.cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -198,7 +200,12 @@ class Stack:
         except requests.ConnectionError:
             return False
 
-    def start_worker(self, name: str, queues: str, concurrency: int = 4) -> None:
+    def start_worker(
+        self, name: str, queues: str, concurrency: int = 4, env: dict[str, str] | None = None
+    ) -> None:
+        """A worker process; ``env`` adds to (or overrides) the stack's environment."""
+        log = self.logs / f"{name}.log"
+        seen = log.read_bytes().count(b"ready.") if log.exists() else 0
         self._spawn(
             name,
             "worker",
@@ -208,9 +215,10 @@ class Stack:
             str(concurrency),
             "--name",
             f"{name}-{uuid.uuid4().hex[:6]}@localhost",
+            env=env,
         )
         wait_for(
-            lambda: b"ready." in (self.logs / f"{name}.log").read_bytes(),
+            lambda: log.read_bytes().count(b"ready.") > seen,
             30,
             f"worker {name} to be ready",
         )

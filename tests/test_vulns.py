@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,33 +31,17 @@ BOOKWORM_OS_RELEASE = (
     b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
     b'VERSION_ID="12"\nVERSION_CODENAME=bookworm\nID=debian\n'
 )
-WORKER = [sys.executable, "-m", "regscan.cli", "worker", "--concurrency", "2"]
 FIRST, LATER = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
 
 
 # -- the service parts these tests add -------------------------------------------------
 
 
-def start_worker(stack: Stack, name: str, queues: str, **env: str) -> None:
-    """A worker of this stack with settings of its own, stopped with the stack."""
-    log = stack.logs / f"{name}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [*WORKER, "--queues", queues, "--name", f"{name}-{uuid.uuid4().hex[:6]}@localhost"],
-            env={**stack.env, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack.procs[name] = proc
-    wait_for(lambda: b"ready." in log.read_bytes(), 30, f"worker {name} to be ready")
-
-
 @pytest.fixture(scope="module")
 def rematcher(stack: Stack) -> None:
     """A worker on the re-match queue, in small batches so a re-match takes several."""
     if "rematch" not in stack.procs:
-        start_worker(stack, "rematch", "rematch", REGSCAN_REMATCH_BATCH="2")
+        stack.start_worker("rematch", "rematch", 2, env={"REGSCAN_REMATCH_BATCH": "2"})
 
 
 def import_cli(stack: Stack, location: str | Path) -> subprocess.CompletedProcess[str]:
@@ -449,12 +432,11 @@ def test_a_configured_source_is_refreshed_on_schedule_and_unchanged_data_is_not_
 
     # When a worker is configured with the source, refreshed every two seconds
     worker = f"refresher-{name}"
-    start_worker(
-        stack,
+    stack.start_worker(
         worker,
         "rematch",
-        REGSCAN_VULNDB_SOURCES=served,
-        REGSCAN_VULNDB_REFRESH_SECONDS="2",
+        2,
+        env={"REGSCAN_VULNDB_SOURCES": served, "REGSCAN_VULNDB_REFRESH_SECONDS": "2"},
     )
     try:
         # Then the data is imported and the image re-matched
