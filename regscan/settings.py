@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     callback_timeout: float = Field(
         default=10.0, description="Seconds to wait for a callback receiver to answer."
     )
+    callback_resend_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A job that ended this long ago, asked for a callback and has no "
+        "delivery attempt recorded gets its callback published again (the worker that "
+        "ended it died before publishing it). Jobs that ended over a day ago are left.",
+    )
 
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API listens on.")

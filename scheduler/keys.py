@@ -28,6 +28,10 @@ regscan:vulndb:rematch-kick        "1" for a minute after a worker's periodic pa
                                    images matched against older data and published a
                                    re-match; SET NX EX, so the passes of many workers
                                    publish one re-match chain, not one each.
+regscan:callback:resent:<job id>   "1" for an hour after a worker's periodic pass published
+                                   again the callback of an ended job with no delivery
+                                   attempt; SET NX EX, so it is published again once, not
+                                   once per worker.
 regscan:fair:ring                  list of the teams with on-demand jobs waiting, in the
                                    order they get their next turn (scheduler/fair.py).
 regscan:fair:active                set of the teams in the ring, so each is there once.
@@ -58,6 +62,13 @@ FAIR_ACTIVE = "regscan:fair:active"
 
 def fair_team(team: str) -> str:
     return f"regscan:fair:team:{team}"
+
+
+CALLBACK_RESENT_SECONDS = 3600
+
+
+def callback_resent(job_id: int) -> str:
+    return f"regscan:callback:resent:{job_id}"
 
 
 def stop_flag(job_id: int) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 from redis import Redis
@@ -20,7 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import JobKind, JobStatus, RegistrySpec, ScanJob
+from models import callbacks as callback_store
 from models import services as svc
+from models.base import utcnow
 from models.db import transaction
 from models.jobs import REGULAR_KINDS
 from regscan.settings import Settings
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # What a team over its on-demand limit is told to wait before asking again.
 ON_DEMAND_RETRY_AFTER_SECONDS = 5
+# Callbacks of jobs that ended longer ago than this are not published again.
+CALLBACK_RESEND_HORIZON = timedelta(days=1)
 
 
 class Publisher(Protocol):
@@ -290,6 +295,29 @@ class Scheduler:
             return
         self.publisher.send_task(keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS)
         log.info("job=%s callback published", job_id)
+
+    def resend_lost_callbacks(self, after_seconds: float) -> list[int]:
+        """Publish again the callbacks of jobs that ended over ``after_seconds`` ago (and
+        within a day) with no delivery attempt: their worker ended them and died before
+        publishing. Each is published again once cluster-wide; the delivery task skips a
+        job whose receiver already took it."""
+        now = utcnow()
+        with self.sessions() as session:
+            lost = callback_store.never_attempted(
+                session, now - CALLBACK_RESEND_HORIZON, now - timedelta(seconds=after_seconds)
+            )
+        resent = []
+        for job_id in lost:
+            if self.redis.set(
+                keys.callback_resent(job_id), "1", nx=True, ex=keys.CALLBACK_RESENT_SECONDS
+            ):
+                self.publisher.send_task(
+                    keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS
+                )
+                resent.append(job_id)
+        if resent:
+            log.warning("callbacks of jobs %s were never attempted; published again", resent)
+        return resent
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:

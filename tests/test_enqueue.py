@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,11 @@ from typing import Any
 
 import pytest
 import requests
+from redis import Redis
 from sqlalchemy import func, select
 
 from models import ApiToken, ScanJob
+from scheduler import keys
 from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.services import RegistryServer
@@ -392,6 +395,36 @@ def test_a_failing_receiver_is_retried_and_every_attempt_shows(api: Api, image):
     assert "HTTP 500" in calls[0]["error"] and calls[2]["error"] == ""
     assert len(receiver.calls) == 3
     assert all(verified(h, b)["id"] == job["id"] for h, b in receiver.calls)
+
+
+def test_a_callback_lost_before_it_was_published_is_sent_again(
+    api: Api, stack: Stack, image, receiver: Receiver
+):
+    # Given no callbacks worker, so a job's callback message waits in its queue
+    stack.terminate("callbacks")
+    redis = Redis.from_url(stack.env["REGSCAN_REDIS_URL"])
+    try:
+        job = api.scan({**_on_demand(image), "callbackUrl": receiver.url}).json()
+        api.wait_job(job["id"])
+        wait_for(lambda: redis.llen(keys.QUEUE_CALLBACKS) == 1, 10, "the callback message")
+        # When the message is lost, as when the worker ending the job dies before it
+        # publishes the callback
+        redis.delete(keys.QUEUE_CALLBACKS)
+        # And a worker comes up that looks for such callbacks after two seconds
+        stack.start_worker("callbacks", "callbacks", env={"REGSCAN_CALLBACK_RESEND_SECONDS": "2"})
+
+        # Then the receiver gets the callback, once, and the job shows the delivery
+        wait_for(lambda: len(receiver.calls) == 1, 30, "the callback sent again")
+        assert verified(*receiver.calls[0])["id"] == job["id"]
+        time.sleep(3)  # three more passes of the worker: it is not sent again
+        assert len(receiver.calls) == 1
+        shown = api.job(job["id"])["callbacks"]
+        assert [(c["attempt"], c["statusCode"]) for c in shown] == [(1, 200)]
+    finally:
+        # The other tests' callbacks worker, with the usual settings.
+        if "callbacks" in stack.procs:
+            stack.terminate("callbacks")
+        stack.start_worker("callbacks", "callbacks")
 
 
 def test_a_callback_url_must_be_http(api: Api, image):

@@ -89,6 +89,10 @@ def _reap_forever() -> None:
             vulndb.periodic(rt, _NODE)
         except Exception:
             log.exception("vulnerability data pass failed")
+        try:
+            rt.scheduler.resend_lost_callbacks(rt.settings.callback_resend_seconds)
+        except Exception:
+            log.exception("lost callbacks pass failed")
         if _reaper_stop.wait(rt.settings.reaper_seconds):
             return
 
