@@ -26,6 +26,12 @@ def drop_expired(session: Session, team: str, key: str, before: datetime) -> Non
     )
 
 
+def drop_all_expired(session: Session, before: datetime) -> int:
+    """Forget every key older than ``before``; how many."""
+    stmt = delete(IdempotencyKey).where(IdempotencyKey.created_at < before)
+    return session.execute(stmt).rowcount
+
+
 def find(session: Session, team: str, key: str) -> IdempotencyKey | None:
     stmt = select(IdempotencyKey).where(IdempotencyKey.team == team, IdempotencyKey.key == key)
     return session.scalar(stmt)

@@ -7,6 +7,8 @@ it reached. Callers own the transaction.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,6 +35,11 @@ def settle_event(session: Session, event_id: str, outcome: str, job_id: int | No
         .where(WebhookEvent.event_id == event_id)
         .values(outcome=outcome, job_id=job_id)
     )
+
+
+def forget_events(session: Session, before: datetime) -> int:
+    """Forget the events received before ``before``; how many."""
+    return session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < before)).rowcount
 
 
 def release_event(session: Session, event_id: str) -> None:

@@ -32,6 +32,9 @@ regscan:callback:resent:<job id>   "1" for an hour after a worker's periodic pas
                                    again the callback of an ended job with no delivery
                                    attempt; SET NX EX, so it is published again once, not
                                    once per worker.
+regscan:housekeeping               the node name of the worker that pruned expired
+                                   idempotency keys and old push events this hour; SET NX
+                                   EX 3600, so one worker prunes per hour.
 regscan:fair:ring                  list of the teams with on-demand jobs waiting, in the
                                    order they get their next turn (scheduler/fair.py).
 regscan:fair:active                set of the teams in the ring, so each is there once.
@@ -65,6 +68,8 @@ def fair_team(team: str) -> str:
 
 
 CALLBACK_RESENT_SECONDS = 3600
+HOUSEKEEPING = "regscan:housekeeping"
+HOUSEKEEPING_SECONDS = 3600
 
 
 def callback_resent(job_id: int) -> str:

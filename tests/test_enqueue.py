@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,11 +21,17 @@ import requests
 from redis import Redis
 from sqlalchemy import func, select
 
+from api.idempotency import WINDOW
 from models import ApiToken, ScanJob
+from models.base import utcnow
+from models.db import transaction
+from models.enqueue import IdempotencyKey
+from models.schedule import WebhookEvent
 from scheduler import keys
 from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.services import RegistryServer
+from worker.housekeeping import prune
 
 V1 = "/api/v1"
 CALLERS = ("admin", "operator", "viewer", "anonymous")
@@ -267,6 +274,41 @@ def test_concurrent_requests_with_one_key_make_one_job(stack: Stack, api: Api, i
     assert len({r.json()["id"] for r in answers}) == 1
     assert jobs_of(db, team) == 1
     api.wait_job(answers[0].json()["id"])
+
+
+def test_expired_keys_and_old_push_events_are_forgotten(stack: Stack, api: Api, image, db):
+    # Given a key used just now, and a key and push events stored long ago
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    op = client(stack, issue_token(api, "operator", team=team)["token"])
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = op.post(f"{V1}/registry/scan", json=_on_demand(image), headers=key)
+    now = utcnow()
+    with transaction(db) as session:
+        session.add_all(
+            [
+                IdempotencyKey(
+                    team=team, key="old", request_hash="x", response={}, created_at=now - WINDOW
+                ),
+                WebhookEvent(event_id=f"{team}-old", source="distribution", outcome="scanned",
+                             received_at=now - timedelta(days=8)),
+                WebhookEvent(event_id=f"{team}-new", source="distribution", outcome="scanned",
+                             received_at=now - timedelta(days=6)),
+            ]
+        )  # fmt: skip
+
+    # When the workers' hourly housekeeping runs
+    prune(db)
+
+    # Then the expired key and the week-old event are gone, the others are kept
+    with db() as session:
+        keys_left = session.scalars(select(IdempotencyKey.key).where(IdempotencyKey.team == team))
+        assert list(keys_left) == [key["Idempotency-Key"]]
+        events = select(WebhookEvent.event_id).where(WebhookEvent.event_id.startswith(team))
+        assert list(session.scalars(events)) == [f"{team}-new"]
+    # And the key in its window still gives the same job
+    again = op.post(f"{V1}/registry/scan", json=_on_demand(image), headers=key)
+    assert again.json()["id"] == first.json()["id"]
+    api.wait_job(first.json()["id"])
 
 
 # -- bulk ------------------------------------------------------------------------------

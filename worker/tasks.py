@@ -12,7 +12,7 @@ import requests
 from celery.signals import worker_ready, worker_shutdown
 
 from scheduler import fair
-from worker import callbacks, images, regular, vulndb
+from worker import callbacks, housekeeping, images, regular, vulndb
 from worker.app import app
 from worker.runtime import get_runtime
 
@@ -93,6 +93,10 @@ def _reap_forever() -> None:
             rt.scheduler.resend_lost_callbacks(rt.settings.callback_resend_seconds)
         except Exception:
             log.exception("lost callbacks pass failed")
+        try:
+            housekeeping.periodic(rt, _NODE)
+        except Exception:
+            log.exception("housekeeping pass failed")
         if _reaper_stop.wait(rt.settings.reaper_seconds):
             return
 
