@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import threading
+from collections.abc import Callable
 
 import requests
 from celery.signals import worker_ready, worker_shutdown
@@ -14,7 +15,7 @@ from celery.signals import worker_ready, worker_shutdown
 from scheduler import fair
 from worker import callbacks, housekeeping, images, regular, vulndb
 from worker.app import app
-from worker.runtime import get_runtime
+from worker.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +77,32 @@ _reaper_stop = threading.Event()
 _NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _reap(rt: Runtime) -> None:
+    handled = rt.scheduler.reap()
+    if handled:
+        log.warning("reaper took up jobs %s", handled)
+
+
+# Each pass on its own: one that fails is logged and the others still run.
+_PASSES: tuple[tuple[str, Callable[[Runtime], object]], ...] = (
+    ("reaper", _reap),
+    ("vulnerability data", lambda rt: vulndb.periodic(rt, _NODE)),
+    (
+        "lost callbacks",
+        lambda rt: rt.scheduler.resend_lost_callbacks(rt.settings.callback_resend_seconds),
+    ),
+    ("housekeeping", lambda rt: housekeeping.periodic(rt, _NODE)),
+)
+
+
 def _reap_forever() -> None:
     rt = get_runtime()
     while True:
-        try:
-            handled = rt.scheduler.reap()
-            if handled:
-                log.warning("reaper took up jobs %s", handled)
-        except Exception:
-            log.exception("reaper pass failed")
-        try:
-            vulndb.periodic(rt, _NODE)
-        except Exception:
-            log.exception("vulnerability data pass failed")
-        try:
-            rt.scheduler.resend_lost_callbacks(rt.settings.callback_resend_seconds)
-        except Exception:
-            log.exception("lost callbacks pass failed")
-        try:
-            housekeeping.periodic(rt, _NODE)
-        except Exception:
-            log.exception("housekeeping pass failed")
+        for name, run in _PASSES:
+            try:
+                run(rt)
+            except Exception:
+                log.exception("%s pass failed", name)
         if _reaper_stop.wait(rt.settings.reaper_seconds):
             return
 
