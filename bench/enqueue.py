@@ -17,9 +17,6 @@ import argparse
 import contextlib
 import os
 import platform
-import secrets
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,22 +25,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     # `tests`, `worker` and `regscan` are imported from the checkout, wherever we run from.
     sys.path.insert(0, str(REPO_ROOT))
 
-import psycopg  # noqa: E402
 import requests  # noqa: E402
 from redis import Redis  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
-from regscan.db import upgrade  # noqa: E402
+from bench.common import BenchError, database_facts, open_database, run_main  # noqa: E402
 from regscan.settings import Settings  # noqa: E402
 from scheduler import keys  # noqa: E402
-from tests.support.services import RedisServer, free_port, postgres_url  # noqa: E402
+from tests.support.services import RedisServer, free_port  # noqa: E402
 from worker.app import make_celery  # noqa: E402
 
 ADMIN = ("admin", "bench-admin-password")
@@ -54,10 +49,6 @@ DEFAULT_API_REQUESTS = 1000
 
 # One client's single enqueue: None when accepted, else what went wrong.
 Call = Callable[[int], str | None]
-
-
-class BenchError(Exception):
-    """The run cannot go on, or its figures cannot be trusted."""
 
 
 @dataclass
@@ -168,29 +159,6 @@ def _api_call(base: str, http: requests.Session) -> Call:
 
 
 @contextlib.contextmanager
-def sqlite_database(tmp: Path) -> Iterator[str]:
-    yield f"sqlite:///{tmp / 'regscan.db'}"
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the test server, dropped again whatever happens."""
-    server = postgres_url()
-    if server is None:
-        raise BenchError("no PostgreSQL at 127.0.0.1:5432 (or REGSCAN_TEST_POSTGRES_URL)")
-    admin = make_url(server).set(drivername="postgresql")
-    conninfo = admin.render_as_string(hide_password=False)
-    name = f"regscan_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
 def api_process(database_url: str, redis_url: str, log_path: Path) -> Iterator[str]:
     """``regscan api`` on a free port; yields its base URL and stops it afterwards."""
     port = free_port()
@@ -254,14 +222,6 @@ def configure_specs(base: str) -> None:
 # -- reporting ---------------------------------------------------------------------
 
 
-def database_facts(kind: str, url: str) -> str:
-    if kind == "sqlite":
-        return f"sqlite {sqlite3.sqlite_version} (file in a temp dir, WAL)"
-    with psycopg.connect(url) as conn:
-        version = conn.info.server_version
-    return f"postgresql {version // 10000}.{version % 10000} (127.0.0.1, fresh database)"
-
-
 def machine_facts(args: argparse.Namespace, db: str, redis: Redis, load: float) -> list[str]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
     py = f"{platform.python_implementation()} {platform.python_version()}"
@@ -310,13 +270,9 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack, stop: threading.E
     # Other work on the machine skews every figure; the 1-minute load says how busy it was.
     load = os.getloadavg()[0]
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regscan-bench-")))
-    if args.database == "postgresql":
-        database_url = stack.enter_context(postgres_database())
-    else:
-        database_url = stack.enter_context(sqlite_database(tmp))
+    database_url = open_database(args.database, stack, tmp)
     redis_server = stack.enter_context(RedisServer())
     redis = stack.enter_context(Redis.from_url(redis_server.url))
-    upgrade(database_url)
     base = stack.enter_context(api_process(database_url, redis_server.url, tmp / "api.log"))
     configure_specs(base)
 
@@ -354,32 +310,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(_signum: int, _frame: Any) -> NoReturn:
-    # SIGTERM unwinds like Ctrl-C, so the API, Redis and the database are cleaned up.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.clients < 1 or (args.requests is not None and args.requests < 1):
         _parser().error("--requests and --clients must be at least 1")
-    signal.signal(signal.SIGTERM, _interrupt)
     stop = threading.Event()
-    stack = contextlib.ExitStack()
-    try:
-        return run(args, stack, stop)
-    except KeyboardInterrupt:
-        print("interrupted; cleaning up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        stop.set()
-        # A second Ctrl-C must not cut the cleanup short and leave processes behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.close()
+    # The clients stop before the API and Redis they talk to.
+    return run_main(lambda stack: run(args, stack, stop), before_cleanup=stop.set)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,6 @@ import os
 import platform
 import random
 import re
-import secrets
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -54,24 +51,22 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     # `tests`, `worker` and `models` are imported from the checkout, wherever we run from.
     sys.path.insert(0, str(REPO_ROOT))
 
-import psycopg  # noqa: E402
 from redis import Redis  # noqa: E402
 from sqlalchemy import func, insert, or_, select  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
+from bench.common import BenchError, database_facts, open_database, run_main  # noqa: E402
 from models import Image  # noqa: E402
 from models import vulndb as store  # noqa: E402
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
 from models.vulns import Finding, ImagePackage  # noqa: E402
-from regscan.db import upgrade  # noqa: E402
 from regscan.settings import Settings  # noqa: E402
 from scanner.auth import RegistryAuth  # noqa: E402
 from scanner.catalogers import ALL as CATALOGERS  # noqa: E402
@@ -86,7 +81,6 @@ from tests.support.services import (  # noqa: E402
     REGISTRY_BINARY,
     RedisServer,
     RegistryServer,
-    postgres_url,
 )
 from worker.app import make_celery  # noqa: E402
 from worker.vulndb import import_location, publish_rematch, rematch_batch  # noqa: E402
@@ -130,10 +124,6 @@ WORDS = (
 )  # fmt: skip
 FIRST_IMPORT = datetime(2025, 1, 1, tzinfo=UTC)
 UPDATE_IMPORT = datetime(2025, 2, 1, tzinfo=UTC)
-
-
-class BenchError(Exception):
-    """The run cannot go on, or its figures cannot be trusted."""
 
 
 # -- the generated world: a package pool, stored inventories, OSV records -----------------
@@ -788,24 +778,6 @@ def _count(session: Session, column: Any, *where: Any) -> int:
 
 
 @contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the test server, dropped again whatever happens."""
-    server = postgres_url()
-    if server is None:
-        raise BenchError("no PostgreSQL at 127.0.0.1:5432 (or REGSCAN_TEST_POSTGRES_URL)")
-    admin = make_url(server).set(drivername="postgresql")
-    conninfo = admin.render_as_string(hide_password=False)
-    name = f"regscan_bench_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
 def rematch_worker(settings: Settings, batch: int, log_path: Path) -> Iterator[None]:
     """``regscan worker`` on the re-match queue alone, one thread, stopped afterwards."""
     env = {
@@ -852,14 +824,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path) -> None:
 
 
 # -- reporting ------------------------------------------------------------------------------
-
-
-def database_facts(kind: str, url: str) -> str:
-    if kind == "sqlite":
-        return f"sqlite {sqlite3.sqlite_version} (file in a temp dir, WAL)"
-    with psycopg.connect(url) as conn:
-        version = conn.info.server_version
-    return f"postgresql {version // 10000}.{version % 10000} (127.0.0.1, fresh database)"
 
 
 def registry_version() -> str:
@@ -981,16 +945,6 @@ def done(phase: Phase) -> Phase:
     return phase
 
 
-def open_database(kind: str, stack: contextlib.ExitStack, tmp: Path) -> str:
-    """A fresh, migrated database; its URL."""
-    if kind == "postgresql":
-        url = stack.enter_context(postgres_database())
-    else:
-        url = f"sqlite:///{tmp / 'regscan.db'}"
-    upgrade(url)
-    return url
-
-
 def open_sessions(
     url: str, settings: Settings, stack: contextlib.ExitStack
 ) -> sessionmaker[Session]:
@@ -1102,30 +1056,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _interrupt(_signum: int, _frame: Any) -> NoReturn:
-    # SIGTERM unwinds like Ctrl-C, so the registry, worker and database are cleaned up.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if min(args.images, args.scan_images, args.records, args.batch or 1) < 1:
         _parser().error("--images, --scan-images, --records and --batch must be at least 1")
-    signal.signal(signal.SIGTERM, _interrupt)
-    stack = contextlib.ExitStack()
-    try:
-        return run(args, stack)
-    except KeyboardInterrupt:
-        print("interrupted; cleaning up", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        # A second Ctrl-C must not cut the cleanup short and leave processes behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.close()
+    return run_main(lambda stack: run(args, stack))
 
 
 if __name__ == "__main__":

@@ -18,15 +18,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
-from sqlalchemy.engine import make_url
 
 from models.db import make_engine, make_sessionmaker
 from regscan.db import upgrade
 from tests.support.images import Pusher
-from tests.support.services import RedisServer, RegistryServer, free_port, postgres_url
+from tests.support.services import (
+    RedisServer,
+    RegistryServer,
+    free_port,
+    fresh_postgres_database,
+    postgres_url,
+)
 
 ADMIN = ("admin", "test-admin-password")
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -96,16 +100,8 @@ def _postgres_database() -> Iterator[str]:
     server = postgres_url()
     if server is None:
         pytest.skip("no PostgreSQL: run the suite through scripts/test.sh")
-    dbname = f"regscan_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = make_url(server).set(drivername="postgresql")
-    conninfo = admin.render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    try:
-        yield admin.set(database=dbname).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    with fresh_postgres_database(server, "regscan_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

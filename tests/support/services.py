@@ -13,12 +13,14 @@ import atexit
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -64,6 +66,25 @@ def postgres_url() -> str | None:
     except Exception:
         return None
     return DEFAULT_POSTGRES_URL
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server: str, prefix: str) -> Iterator[str]:
+    """A new database on the PostgreSQL at ``server`` (a URL), dropped again whatever
+    happens; yields its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(server).set(drivername="postgresql")
+    conninfo = admin.render_as_string(hide_password=False)
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class ServerStartError(RuntimeError):
