@@ -3,9 +3,7 @@ version, exactly as the OSV schema's evaluation rules say it."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +14,7 @@ import pytest
 
 from scanner import matching, osv
 from scanner.matching import ImageOS, Target
+from tests.support.osv_export import OsvExportServer
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 CRITICAL_V3 = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"
@@ -450,45 +449,22 @@ def test_a_missing_path_or_unreachable_url_is_a_clear_error(tmp_path: Path):
         osv.fetch("http://127.0.0.1:9/all.zip", timeout=2)
 
 
-class _Served(http.server.BaseHTTPRequestHandler):
-    body = b""
-    etag = '"v1"'
-    seen: list[tuple[str, int]] = []
-
-    def do_GET(self) -> None:
-        if self.headers.get("If-None-Match") == self.etag:
-            self.seen.append((self.path, 304))
-            self.send_response(304)
-            self.end_headers()
-            return
-        self.seen.append((self.path, 200))
-        self.send_response(200)
-        self.send_header("ETag", self.etag)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *_args: object) -> None:
-        return
-
-
 @pytest.fixture
-def served() -> Iterator[str]:
-    _Served.body, _Served.seen = json.dumps(GOOD).encode(), []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Served)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/osv.json"
-    server.shutdown()
-    server.server_close()
+def served() -> Iterator[OsvExportServer]:
+    server = OsvExportServer([GOOD])
+    yield server
+    server.close()
 
 
-def test_a_url_is_downloaded_once_and_then_only_asked_whether_it_changed(served: str):
+def test_a_url_is_downloaded_once_and_then_only_asked_whether_it_changed(
+    served: OsvExportServer,
+):
     # When a URL is fetched, then fetched again with the ETag it answered
-    with osv.fetch(served) as first:
+    with osv.fetch(served.url) as first:
         assert first.path is not None and first.etag == '"v1"'
         assert [r.id for r in osv.read_records(first.path)] == ["CVE-2026-0100"]
-    with osv.fetch(served, etag=first.etag) as second:
+    with osv.fetch(served.url, etag=first.etag) as second:
         # Then the second fetch downloads nothing
         assert second.path is None
-    assert [status for _p, status in _Served.seen] == [200, 304]
+    assert served.answers == [200, 304]
     assert not first.path.exists()  # the temporary download is gone

@@ -6,11 +6,9 @@ without a single request to the registry."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import pytest
 
 from tests.conftest import Api, Stack, wait_for
 from tests.support.images import Pusher
+from tests.support.osv_export import OsvExportServer
 from tests.support.proxy import FaultProxy
 from tests.support.services import RegistryServer, free_port
 from tests.test_inventory import ALPINE_OS_RELEASE, dist_info, scan_one, spec
@@ -380,46 +379,20 @@ def test_the_import_command_explains_a_missing_path_or_an_unreachable_url(stack:
 # -- configured sources ------------------------------------------------------------------
 
 
-class Served(http.server.BaseHTTPRequestHandler):
-    """An OSV export over HTTP that honours If-None-Match; every request is counted."""
-
-    body = b""
-    etag = ""
-    answers: list[int] = []
-
-    def do_GET(self) -> None:
-        if self.headers.get("If-None-Match") == self.etag:
-            self.answers.append(304)
-            self.send_response(304)
-            self.end_headers()
-            return
-        self.answers.append(200)
-        self.send_response(200)
-        self.send_header("ETag", self.etag)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *_args: object) -> None:
-        return
-
-    @classmethod
-    def serve(cls, records: list[dict], etag: str) -> None:
-        cls.body, cls.etag = json.dumps(records).encode(), etag
-
-
 @pytest.fixture
-def served() -> Iterator[str]:
-    Served.answers = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Served)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/osv/all.json"
-    server.shutdown()
-    server.server_close()
+def served() -> Iterator[OsvExportServer]:
+    server = OsvExportServer([])
+    yield server
+    server.close()
 
 
 def test_a_configured_source_is_refreshed_on_schedule_and_unchanged_data_is_not_downloaded(
-    api: Api, stack: Stack, pusher: Pusher, registry: RegistryServer, name: str, served: str
+    api: Api,
+    stack: Stack,
+    pusher: Pusher,
+    registry: RegistryServer,
+    name: str,
+    served: OsvExportServer,
 ):
     # Given an image scanned before any data about it exists
     i, repo = Ids(name), f"{name}/configured"
@@ -428,7 +401,7 @@ def test_a_configured_source_is_refreshed_on_schedule_and_unchanged_data_is_not_
     scan_one(api, registry, repo, "1")
     assert findings(api, registry.host, repo, "1") == set()
     fixed = ({"introduced": "0"}, {"fixed": "2.32.0"})
-    Served.serve([osv_record(i.cve(1), hit("PyPI", i.pkg("requests"), *fixed))], '"v1"')
+    served.serve([osv_record(i.cve(1), hit("PyPI", i.pkg("requests"), *fixed))], '"v1"')
 
     # When a worker is configured with the source, refreshed every two seconds
     worker = f"refresher-{name}"
@@ -436,7 +409,7 @@ def test_a_configured_source_is_refreshed_on_schedule_and_unchanged_data_is_not_
         worker,
         "rematch",
         2,
-        env={"REGSCAN_VULNDB_SOURCES": served, "REGSCAN_VULNDB_REFRESH_SECONDS": "2"},
+        env={"REGSCAN_VULNDB_SOURCES": served.url, "REGSCAN_VULNDB_REFRESH_SECONDS": "2"},
     )
     try:
         # Then the data is imported and the image re-matched
@@ -444,16 +417,16 @@ def test_a_configured_source_is_refreshed_on_schedule_and_unchanged_data_is_not_
         wait_for(lambda: findings(api, registry.host, repo, "1") == expected, 60, "the finding")
 
         # And the refreshes after the first download nothing: the ETag is honoured
-        wait_for(lambda: len(Served.answers) >= 3, 30, "two more refreshes")
-        assert Served.answers[0] == 200 and set(Served.answers[1:]) == {304}
+        wait_for(lambda: len(served.answers) >= 3, 30, "two more refreshes")
+        assert served.answers[0] == 200 and set(served.answers[1:]) == {304}
         status = api.get("/api/v1/vulndb").json()
-        [source] = [s for s in status["sources"] if s["location"] == served]
+        [source] = [s for s in status["sources"] if s["location"] == served.url]
         assert (source["etag"], source["error"], source["records"]) == ('"v1"', "", 1)
         assert source["lastRefresh"] is not None
         assert status["recordsByEcosystem"]["PyPI"] >= 1 and status["generation"] >= 1
 
         # When the served data changes
-        Served.serve([osv_record(i.cve(2), hit("PyPI", i.pkg("requests"), *fixed))], '"v2"')
+        served.serve([osv_record(i.cve(2), hit("PyPI", i.pkg("requests"), *fixed))], '"v2"')
 
         # Then the next refresh downloads it and the findings follow
         expected = {
@@ -461,7 +434,7 @@ def test_a_configured_source_is_refreshed_on_schedule_and_unchanged_data_is_not_
             (i.cve(2), i.pkg("requests"), "2.31.0", "", "fixed in 2.32.0"),
         }
         wait_for(lambda: findings(api, registry.host, repo, "1") == expected, 60, "new data")
-        assert Served.answers.count(200) == 2
+        assert served.answers.count(200) == 2
     finally:
         stack.kill(worker)
 
