@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
@@ -86,6 +87,7 @@ class Scheduler:
         self.sessions = sessions
         self.redis = redis
         self.publisher = publisher
+        self._next_callback_check = 0.0  # time.monotonic() of this process
 
     # -- asking for scans ---------------------------------------------------------
 
@@ -296,11 +298,19 @@ class Scheduler:
         self.publisher.send_task(keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS)
         log.info("job=%s callback published", job_id)
 
-    def resend_lost_callbacks(self, after_seconds: float) -> list[int]:
-        """Publish again the callbacks of jobs that ended over ``after_seconds`` ago (and
-        within a day) with no delivery attempt: their worker ended them and died before
-        publishing. Each is published again once cluster-wide; the delivery task skips a
-        job whose receiver already took it."""
+    def resend_lost_callbacks(self) -> list[int]:
+        """Publish again the callbacks of jobs that ended over ``callback_resend_seconds``
+        ago (and within a day) with no delivery attempt: their worker ended them and died
+        before publishing. Each is published again once cluster-wide; the delivery task
+        skips a job whose receiver already took it.
+
+        Looks at most twice per ``callback_resend_seconds`` in this process, however often
+        it is called: the query reads a day of ended jobs.
+        """
+        after_seconds = self.settings.callback_resend_seconds
+        if time.monotonic() < self._next_callback_check:
+            return []
+        self._next_callback_check = time.monotonic() + after_seconds / 2
         now = utcnow()
         with self.sessions() as session:
             lost = callback_store.never_attempted(

@@ -87,10 +87,7 @@ def _reap(rt: Runtime) -> None:
 _PASSES: tuple[tuple[str, Callable[[Runtime], object]], ...] = (
     ("reaper", _reap),
     ("vulnerability data", lambda rt: vulndb.periodic(rt, _NODE)),
-    (
-        "lost callbacks",
-        lambda rt: rt.scheduler.resend_lost_callbacks(rt.settings.callback_resend_seconds),
-    ),
+    ("lost callbacks", lambda rt: rt.scheduler.resend_lost_callbacks()),
     ("housekeeping", lambda rt: housekeeping.periodic(rt, _NODE)),
 )
 
