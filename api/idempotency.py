@@ -13,7 +13,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from fastapi import Response
@@ -25,7 +24,6 @@ from models import idempotency as store
 from models.base import utcnow
 from models.db import transaction
 
-WINDOW = timedelta(hours=24)
 MAX_KEY_CHARS = 255
 # How long a repeated request waits for the first one with its key to finish.
 WAIT_SECONDS = 30.0
@@ -74,7 +72,7 @@ def _claim_or_wait(
     while True:
         try:
             with transaction(state.sessions) as session:
-                store.drop_expired(session, team, key, utcnow() - WINDOW)
+                store.drop_expired(session, team, key, utcnow() - store.WINDOW)
                 row = store.find(session, team, key)
                 if row is None:
                     store.reserve(session, team, key, request_hash)

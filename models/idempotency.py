@@ -4,7 +4,7 @@ transaction."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 
 from models.enqueue import IdempotencyKey
 
+# How long a key holds its answer.
+WINDOW = timedelta(hours=24)
 # The response of a key whose request is still being served.
 PENDING: dict[str, Any] = {}
 

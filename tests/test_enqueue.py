@@ -21,11 +21,11 @@ import requests
 from redis import Redis
 from sqlalchemy import func, select
 
-from api.idempotency import WINDOW
 from models import ApiToken, ScanJob
 from models.base import utcnow
 from models.db import transaction
 from models.enqueue import IdempotencyKey
+from models.idempotency import WINDOW
 from models.schedule import WebhookEvent
 from scheduler import keys
 from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for

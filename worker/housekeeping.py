@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.idempotency import WINDOW
 from models import idempotency, webhooks
 from models.base import utcnow
 from models.db import transaction
@@ -37,7 +36,7 @@ def prune(sessions: sessionmaker[Session], now: datetime | None = None) -> Prune
     now = now or utcnow()
     with transaction(sessions) as session:
         return Pruned(
-            idempotency_keys=idempotency.drop_all_expired(session, now - WINDOW),
+            idempotency_keys=idempotency.drop_all_expired(session, now - idempotency.WINDOW),
             webhook_events=webhooks.forget_events(session, now - WEBHOOK_EVENT_RETENTION),
         )
 
