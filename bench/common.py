@@ -4,10 +4,12 @@ the facts about it, and a ``main`` that cleans up after Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,6 +17,8 @@ import psycopg
 
 from regscan.db import upgrade
 from tests.support.services import fresh_postgres_database, postgres_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchError(Exception):
@@ -33,6 +37,35 @@ def open_database(kind: str, stack: contextlib.ExitStack, tmp: Path) -> str:
         url = f"sqlite:///{tmp / 'regscan.db'}"
     upgrade(url)
     return url
+
+
+@contextlib.contextmanager
+def regscan_process(
+    args: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``regscan <args>`` from this checkout, output appended to ``log_path``; stopped
+    (terminated, killed after 10 s) when the block ends."""
+    with open(log_path, "ab") as log:
+        # A session of its own: a terminal Ctrl-C reaches us only, and we stop it in order.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "regscan.cli", *args],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait()
 
 
 def database_facts(kind: str, url: str) -> str:

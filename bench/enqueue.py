@@ -35,7 +35,13 @@ if str(REPO_ROOT) not in sys.path:
 import requests  # noqa: E402
 from redis import Redis  # noqa: E402
 
-from bench.common import BenchError, database_facts, open_database, run_main  # noqa: E402
+from bench.common import (  # noqa: E402
+    BenchError,
+    database_facts,
+    open_database,
+    regscan_process,
+    run_main,
+)
 from regscan.settings import Settings  # noqa: E402
 from scheduler import keys  # noqa: E402
 from tests.support.services import RedisServer, free_port  # noqa: E402
@@ -163,35 +169,15 @@ def api_process(database_url: str, redis_url: str, log_path: Path) -> Iterator[s
     """``regscan api`` on a free port; yields its base URL and stops it afterwards."""
     port = free_port()
     env = {
-        **os.environ,
         "REGSCAN_DATABASE_URL": database_url,
         "REGSCAN_REDIS_URL": redis_url,
         "REGSCAN_ADMIN_USER": ADMIN[0],
         "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
     }
-    with open(log_path, "ab") as log:
-        # A session of its own: a terminal Ctrl-C reaches us only, and we stop it in order.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "regscan.cli", "api", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with regscan_process(["api", "--port", str(port)], env, log_path) as proc:
         base = f"http://127.0.0.1:{port}"
         _wait_api(proc, base, log_path)
         yield base
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
 
 
 def _wait_api(proc: subprocess.Popen[bytes], base: str, log_path: Path) -> None:

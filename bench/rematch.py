@@ -62,7 +62,13 @@ from redis import Redis  # noqa: E402
 from sqlalchemy import func, insert, or_, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
-from bench.common import BenchError, database_facts, open_database, run_main  # noqa: E402
+from bench.common import (  # noqa: E402
+    BenchError,
+    database_facts,
+    open_database,
+    regscan_process,
+    run_main,
+)
 from models import Image  # noqa: E402
 from models import vulndb as store  # noqa: E402
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
@@ -781,36 +787,16 @@ def _count(session: Session, column: Any, *where: Any) -> int:
 def rematch_worker(settings: Settings, batch: int, log_path: Path) -> Iterator[None]:
     """``regscan worker`` on the re-match queue alone, one thread, stopped afterwards."""
     env = {
-        **os.environ,
         "REGSCAN_DATABASE_URL": settings.database_url,
         "REGSCAN_REDIS_URL": settings.redis_url,
         "REGSCAN_REMATCH_BATCH": str(batch),
         "REGSCAN_VULNDB_SOURCES": "",
     }
-    argv = [sys.executable, "-m", "regscan.cli", "worker", "--queues", "rematch"]
-    argv += ["--concurrency", "1", "--name", f"bench-rematch-{os.getpid()}@localhost"]
-    with open(log_path, "ab") as log:
-        # A session of its own: a terminal Ctrl-C reaches us only, and we stop it in order.
-        proc = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    args = ["worker", "--queues", "rematch", "--concurrency", "1"]
+    args += ["--name", f"bench-rematch-{os.getpid()}@localhost"]
+    with regscan_process(args, env, log_path) as proc:
         _wait_ready(proc, log_path)
         yield
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path) -> None:
