@@ -79,6 +79,16 @@ def active_regular_jobs(session: Session) -> Sequence[ScanJob]:
     return session.scalars(stmt).all()
 
 
+def any_regular_waiting(session: Session) -> bool:
+    """Whether a regular job waits for the slot (queued, not yet published)."""
+    stmt = select(ScanJob.id).where(
+        ScanJob.kind.in_(REGULAR_KINDS),
+        ScanJob.status.in_(ACTIVE_STATUSES),
+        ScanJob.published_at.is_(None),
+    )
+    return session.scalar(stmt.limit(1)) is not None
+
+
 def active_on_demand(session: Session, team: str) -> int:
     """On-demand jobs of a team that are waiting or running."""
     stmt = select(func.count()).where(

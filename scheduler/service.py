@@ -359,6 +359,11 @@ class Scheduler:
 
     def start_next_waiting(self) -> int | None:
         """Publish the oldest waiting regular scan if no regular scan holds the slot."""
+        # Every worker calls this each reaper pass: look without the admission lock
+        # first, so passes with nothing waiting do not queue up scan requests behind it.
+        with self.sessions() as session:
+            if not svc.any_regular_waiting(session):
+                return None
         try:
             with self._admission():
                 with transaction(self.sessions) as session:

@@ -20,6 +20,8 @@ from worker.runtime import Runtime, get_runtime
 log = logging.getLogger(__name__)
 
 CALLBACK_RETRIES = 5
+# How long a stopping worker waits for its periodic pass to finish.
+REAPER_JOIN_SECONDS = 15
 
 
 @app.task(name="regscan.run_regular_scan", bind=True, max_retries=None)
@@ -74,6 +76,7 @@ def deliver_callback(self, job_id: int) -> None:
 # -- the reaper: every worker looks for scans whose worker died ----------------------
 
 _reaper_stop = threading.Event()
+_reaper: threading.Thread | None = None
 _NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -106,9 +109,15 @@ def _reap_forever() -> None:
 
 @worker_ready.connect
 def _start_reaper(**_kwargs: object) -> None:
-    threading.Thread(target=_reap_forever, name="reaper", daemon=True).start()
+    global _reaper
+    _reaper = threading.Thread(target=_reap_forever, name="reaper", daemon=True)
+    _reaper.start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_kwargs: object) -> None:
+    # Let a pass in progress finish: one cut off inside the admission lock would leave
+    # the lock held until it expires, and scan requests refused meanwhile.
     _reaper_stop.set()
+    if _reaper is not None:
+        _reaper.join(timeout=REAPER_JOIN_SECONDS)
