@@ -143,6 +143,12 @@ class Api:
     def scan(self, body: dict[str, Any] | None = None, **params: Any) -> requests.Response:
         return self.post("/api/v1/registry/scan", json=body, params=params)
 
+    def started(self, body: dict[str, Any] | None = None, **params: Any) -> int:
+        """Ask for a scan that must be admitted; its job id."""
+        r = self.scan(body, **params)
+        assert r.status_code == 200, f"scan refused: HTTP {r.status_code} {r.text}"
+        return r.json()["id"]
+
     def job(self, job_id: int) -> dict[str, Any]:
         r = self.get(f"/api/v1/registry/scans/{job_id}")
         assert r.status_code == 200, r.text

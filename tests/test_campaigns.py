@@ -38,7 +38,7 @@ def swept(api: Api, pusher: Pusher, registry: RegistryServer, name: str) -> str:
     api.set_specs(
         {"version": "2", "registry": f"http://{registry.host}", "repository": f"{name}/*"}
     )
-    assert api.wait_job(api.scan().json()["id"])["status"] == "completed"
+    assert api.wait_job(api.started())["status"] == "completed"
     return name
 
 

@@ -85,7 +85,7 @@ def fleet(
     api.set_specs(
         {"version": "2", "registry": f"http://{registry.host}", "repository": f"{name}/*"}
     )
-    assert api.wait_job(api.scan().json()["id"])["status"] == "completed"
+    assert api.wait_job(api.started())["status"] == "completed"
     return Fleet(name, source, cve)
 
 

@@ -38,7 +38,7 @@ def test_a_flooding_team_is_capped_and_cannot_starve_a_light_one(
 
         # And the light team's scans, asked after the flood, finish while most of it waits
         ask = {"onDemandScan": True, "tag": {**image, "repo": f"{name}/light"}}
-        light_ids = [light.scan(ask).json()["id"] for _ in range(3)]
+        light_ids = [light.started(ask) for _ in range(3)]
         for job_id in light_ids:
             assert api.wait_job(job_id, timeout=30)["status"] == "completed"
         scans = api.get(f"{V1}/registry/scans", params={"kind": "on-demand", "limit": 250}).json()

@@ -217,7 +217,7 @@ def test_a_shared_layer_is_fetched_once_and_unchanged_images_fetch_no_blob(
     api.set_specs(spec(f"http://{proxy.host}", f"{name}/*", scanners=3))
     try:
         # When a sweep scans them all, three at a time
-        first = api.wait_job(api.scan().json()["id"])
+        first = api.wait_job(api.started())
         assert first["counts"]["scanned"] == 3
 
         # Then the base layer was downloaded once, whichever repository it came through
@@ -226,7 +226,7 @@ def test_a_shared_layer_is_fetched_once_and_unchanged_images_fetch_no_blob(
 
         # When they are scanned again, unchanged
         proxy.clear()
-        second = api.wait_job(api.scan().json()["id"])
+        second = api.wait_job(api.started())
         assert second["counts"]["scanned"] == 3
 
         # Then no blob at all is fetched, and the inventories are still there
@@ -299,7 +299,7 @@ def test_hostile_images_end_their_own_scan_with_a_clear_error_and_the_sweep_goes
     api.set_specs(spec(f"http://{registry.host}", repo, cap=0))
 
     # When a sweep scans the repository
-    done = api.wait_job(api.scan().json()["id"], timeout=120)
+    done = api.wait_job(api.started(), timeout=120)
 
     # Then the sound image is scanned and each hostile one fails with its reason
     assert done["status"] == "completed"
@@ -325,7 +325,7 @@ def test_layers_analysed_by_an_older_analyser_are_analysed_again_and_only_they(
     pushed = pusher.push_image(f"{name}/app", "1", [older, current])
     api.set_specs(spec(f"http://{proxy.host}", f"{name}/app"))
     try:
-        assert api.wait_job(api.scan().json()["id"])["status"] == "completed"
+        assert api.wait_job(api.started())["status"] == "completed"
 
         # When one layer's cached analysis (and so the image's inventory) is from an
         # older analyser version
@@ -341,7 +341,7 @@ def test_layers_analysed_by_an_older_analyser_are_analysed_again_and_only_they(
                 .values(analyser_version=ANALYSER_VERSION - 1)
             )
         proxy.clear()
-        assert api.wait_job(api.scan().json()["id"])["status"] == "completed"
+        assert api.wait_job(api.started())["status"] == "completed"
 
         # Then exactly that layer (and the config) is fetched and analysed again
         blobs = sorted(p.rsplit("/", 1)[-1] for m, p in proxy.requests if "/blobs/" in p)

@@ -77,7 +77,7 @@ def test_only_images_of_the_specifications_os_are_scanned(api: Api, pusher: Push
 
     # When everything is scanned under the default os (linux)
     api.set_specs(spec(host, f"{name}/*"))
-    done = api.wait_job(api.scan().json()["id"])
+    done = api.wait_job(api.started())
 
     # Then the Windows image of the index is left out, and no image failed
     assert done["counts"] == {"total": 2, "scanned": 2, "failed": 0, "skipped": 0}
@@ -87,7 +87,7 @@ def test_only_images_of_the_specifications_os_are_scanned(api: Api, pusher: Push
 
     # When the same images are scanned under a Windows specification
     api.set_specs(spec(host, f"{name}/*", os="windows"))
-    done = api.wait_job(api.scan().json()["id"])
+    done = api.wait_job(api.started())
 
     # Then the index gives its Windows image, and the Linux-only image fails saying why
     assert done["counts"] == {"total": 2, "scanned": 1, "failed": 1, "skipped": 0}
@@ -109,7 +109,7 @@ def test_a_sweep_scans_the_newest_tags_up_to_cap_with_at_most_scanners_at_once(
     api.set_specs(spec(f"http://{slow_registry.host}", repo, cap=3, scanners=2))
 
     # When a sweep runs
-    done = api.wait_job(api.scan().json()["id"], timeout=60)
+    done = api.wait_job(api.started(), timeout=60)
 
     # Then exactly the three newest tags were scanned, never more than two at a time
     assert done["status"] == "completed" and done["counts"]["total"] == 3
