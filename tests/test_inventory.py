@@ -43,8 +43,7 @@ def packages(result: dict) -> dict[str, set[tuple[str, str]]]:
 
 def scan_one(api: Api, registry: RegistryServer, repo: str, tag: str) -> dict:
     ask = {"registry": registry.host, "repo": repo, "tag": tag, "digest": ""}
-    job = api.scan({"onDemandScan": True, "tag": ask}).json()
-    done = api.wait_job(job["id"], timeout=60)
+    done = api.wait_job(api.started({"onDemandScan": True, "tag": ask}), timeout=60)
     assert done["status"] == "completed", done
     [result] = api.results(name=f"{registry.host}/{repo}:{tag}")
     assert result["err"] == ""

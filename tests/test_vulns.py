@@ -20,7 +20,10 @@ from tests.support.images import Pusher
 from tests.support.osv_export import OsvExportServer
 from tests.support.proxy import FaultProxy
 from tests.support.services import RegistryServer, free_port
-from tests.test_inventory import ALPINE_OS_RELEASE, dist_info, scan_one, spec
+from tests.test_catalogers import rpm_listing
+from tests.test_inventory import ALPINE_OS_RELEASE, dist_info, rpm_root, scan_one, spec
+
+__all__ = ["rpm_root"]  # the image root rpm wrote, shared with the inventory tests
 
 CRITICAL_V3 = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"
 HIGH_V3 = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"
@@ -29,6 +32,10 @@ HIGH_V4 = "CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:N/VA:N/SC:N/SI:N/SA:N"
 BOOKWORM_OS_RELEASE = (
     b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
     b'VERSION_ID="12"\nVERSION_CODENAME=bookworm\nID=debian\n'
+)
+ROCKY_OS_RELEASE = b'NAME="Rocky Linux"\nID="rocky"\nVERSION_ID="9.3"\n'
+JAMMY_OS_RELEASE = (
+    b'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nNAME="Ubuntu"\nVERSION_ID="22.04"\nID=ubuntu\n'
 )
 FIRST, LATER = "2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z"
 
@@ -335,6 +342,82 @@ def test_imported_data_gives_exact_findings_and_a_change_rematches_without_the_r
         assert again.returncode == 0 and "changed: no" in again.stdout
     finally:
         proxy.close()
+
+
+def test_rpm_and_ubuntu_images_are_matched_in_their_release_by_source_package(
+    api: Api, stack: Stack, pusher: Pusher, registry: RegistryServer, name: str, rpm_root, tmp_path
+):
+    # Given a Rocky Linux 9 image whose rpmdb.sqlite rpm itself wrote, and an Ubuntu 22.04
+    # image, both pushed to the registry
+    i, repo = Ids(name), f"{name}/distros"
+    api.set_specs(spec(f"http://{registry.host}", f"{name}/*"))
+    rpmdb = rpm_root / "var/lib/rpm/rpmdb.sqlite"
+    files = {"etc/os-release": ROCKY_OS_RELEASE, "var/lib/rpm/rpmdb.sqlite": rpmdb.read_bytes()}
+    pusher.push_image(repo, "rocky", files)
+    installed = {n: v for n, v, _e, _s in rpm_listing(rpm_root / "var/lib/rpm")}
+    assert (installed["tinya"], installed["tinyb"]) == ("2:1.2.3-4.el9", "0.9-1")
+    assert installed["tinyc"] == "0:10.0~rc1-0.1.fc40"
+    status = dpkg_status(
+        (f"lib{i.pkg('tls')}1", "1.2-1ubuntu0.1", i.pkg("tls")), (i.pkg("old"), "2.0-1", "")
+    )
+    files = {"etc/os-release": JAMMY_OS_RELEASE, "var/lib/dpkg/status": status}
+    pusher.push_image(repo, "ubuntu", files)
+
+    # And records of their distributions, of other releases and of a sibling distribution
+    def rocky(release: str, package: str, *events: dict) -> dict:
+        return hit(f"Rocky Linux{release}", package, {"introduced": "0"}, *events)
+
+    records = [
+        # by source rpm: tinyb and its subpackage tinyb-extra are one finding
+        osv_record(
+            i.cve(1), rocky(":9", "tinyb", {"fixed": "0.9-2"}), severity=cvss("CVSS_V3", HIGH_V3)
+        ),
+        # fixed == installed: not affected
+        osv_record(i.cve(2), rocky(":9", "tinya", {"fixed": "2:1.2.3-4.el9"})),
+        # release 4.el9 is older than 10.el9: numbers compare as numbers
+        osv_record(i.cve(3), rocky(":9", "tinya", {"fixed": "2:1.2.3-10.el9"})),
+        # epoch 2 is newer than any epoch-1 version
+        osv_record(i.cve(4), rocky(":9", "tinya", {"fixed": "1:9.9-1"})),
+        # 10.0~rc1 comes before 10.0
+        osv_record(i.cve(5), rocky(":9", "tinyc", {"fixed": "10.0-1"})),
+        # another release, and another distribution: not this image's
+        osv_record(i.cve(6), rocky(":8", "tinyb")),
+        osv_record(i.cve(7), hit("AlmaLinux:9", "tinyb", {"introduced": "0"})),
+        # no release: every Rocky Linux; last_affected == installed
+        osv_record(i.cve(8), rocky("", "tinyc", {"last_affected": "0:10.0~rc1-0.1.fc40"})),
+        # Ubuntu names its releases with ":LTS"; the severity is Ubuntu's own priority
+        osv_record(
+            i.cve(9),
+            hit("Ubuntu:22.04:LTS", i.pkg("tls"), {"introduced": "0"}, {"fixed": "1.2-1ubuntu0.2"}),
+            severity=[{"type": "Ubuntu", "score": "high"}],
+        ),
+        osv_record(i.cve(10), hit("Ubuntu:20.04:LTS", i.pkg("tls"), {"introduced": "0"})),
+        # 2.0-1 sorts before the Ubuntu revision 2.0-1ubuntu1
+        osv_record(
+            i.cve(11),
+            hit("Ubuntu:22.04", i.pkg("old"), {"introduced": "0"}, {"fixed": "2.0-1ubuntu1"}),
+        ),
+    ]
+    done = import_cli(stack, write_records(tmp_path / "distros", records))
+    assert done.returncode == 0, done.stderr
+
+    # When both are scanned
+    rocky_result = scan_one(api, registry, repo, "rocky")
+    scan_one(api, registry, repo, "ubuntu")
+
+    # Then each reports exactly the findings of its own release
+    assert findings(api, registry.host, repo, "rocky") == {
+        (i.cve(1), "tinyb", "0.9-1", "high", "fixed in 0.9-2"),
+        (i.cve(3), "tinya", "2:1.2.3-4.el9", "", "fixed in 2:1.2.3-10.el9"),
+        (i.cve(5), "tinyc", "0:10.0~rc1-0.1.fc40", "", "fixed in 10.0-1"),
+        (i.cve(8), "tinyc", "0:10.0~rc1-0.1.fc40", "", "open"),
+    }
+    tinyb = next(v for v in rocky_result["vulnerabilities"] if v["cve"] == i.cve(1))
+    assert tinyb["binaryPkgs"] == ["tinyb", "tinyb-extra"]
+    assert findings(api, registry.host, repo, "ubuntu") == {
+        (i.cve(9), i.pkg("tls"), "1.2-1ubuntu0.1", "high", "fixed in 1.2-1ubuntu0.2"),
+        (i.cve(11), i.pkg("old"), "2.0-1", "", "fixed in 2.0-1ubuntu1"),
+    }
 
 
 def test_a_rematch_run_twice_leaves_each_finding_once(
