@@ -10,6 +10,7 @@ through the registry API, and keeps running until Ctrl-C:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args()
+    # A service manager's SIGTERM stops the registry too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with RegistryServer(port=args.port) as registry:
         push = Pusher(registry.url)
         push.push_image(
