@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import requests
+from redis import Redis
 
+from scheduler import keys
 from tests.conftest import ADMIN, Api, Stack
 from tests.support.images import Pusher
 from tests.support.services import RegistryServer
@@ -99,6 +101,29 @@ def test_bad_specifications_are_refused_and_keep_the_configuration(api: Api, nam
         assert r.status_code == 400 and message in r.json()["err"], r.text
     stored = api.get("/api/v1/settings/registry").json()["specifications"]
     assert [s["registry"] for s in stored] == [good["registry"]]
+
+
+def test_a_scan_request_stuck_behind_another_admission_is_told_to_ask_again(
+    api: Api, stack: Stack, name
+):
+    # Given another process holding the admission of scan requests (a stuck API process)
+    api.set_specs(spec("http://127.0.0.1:5999", f"{name}/*"))
+    redis = Redis.from_url(stack.env["REGSCAN_REDIS_URL"])
+    held = redis.lock(keys.ADMISSION_LOCK, timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        # When a regular scan is asked for
+        before = scan_count(api)
+        r = api.scan()
+
+        # Then it is refused for now, saying to try again, and nothing is created
+        assert r.status_code == 503, r.text
+        assert "try again" in r.json()["err"] and r.headers["Retry-After"] == "1"
+        assert scan_count(api) == before
+    finally:
+        held.release()
+    # And once the admission is free, the same request is admitted
+    assert api.started() > 0
 
 
 def test_list_queries_are_checked(api: Api):
