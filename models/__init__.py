@@ -18,7 +18,15 @@ from models.layers import LayerAnalysis
 from models.schedule import ScanSchedule, ScheduleTick, WebhookEvent
 from models.specs import RegistrySpec
 from models.users import AuthToken, User
-from models.vulns import Finding, ImagePackage, VulnDbState, VulnPackage, VulnRecord, VulnSource
+from models.vulns import (
+    Finding,
+    ImagePackage,
+    VulnChange,
+    VulnDbState,
+    VulnPackage,
+    VulnRecord,
+    VulnSource,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -44,6 +52,7 @@ __all__ = [
     "ScheduleTick",
     "Tag",
     "User",
+    "VulnChange",
     "VulnDbState",
     "VulnPackage",
     "VulnRecord",

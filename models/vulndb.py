@@ -2,7 +2,9 @@
 
 Records are upserted by id and replaced only by a newer ``modified``; each import that
 changed anything bumps ``VulnDbState.generation`` once, and an image whose
-``matched_generation`` is older is due for re-matching.
+``matched_generation`` is older is due for re-matching. ``VulnChange`` rows say which
+(ecosystem, package) pairs each generation changed, so images holding none of them are
+not matched again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +23,7 @@ from models.images import Image
 from models.vulns import (
     Finding,
     ImagePackage,
+    VulnChange,
     VulnDbState,
     VulnPackage,
     VulnRecord,
@@ -28,6 +31,8 @@ from models.vulns import (
 )
 
 STATE_ID = 1
+# A package as findings name it: (packageType, packageName, packageVersion).
+PackageKey = tuple[str, str, str]
 IN_CHUNK = 500  # values per IN (...) list, well under every backend's parameter limit
 
 
@@ -80,12 +85,43 @@ def current_generation(session: Session) -> int:
 
 
 def bump_generation(session: Session) -> int:
-    """Mark the data changed: images matched before now are due for re-matching."""
+    """Mark the data changed: images matched before now are due for re-matching. The
+    changes stored since the last bump (by this import, or by one that failed before
+    its end) become this generation's."""
     state = lock_state(session)
     state.generation += 1
     state.changed_at = utcnow()
+    session.execute(
+        update(VulnChange)
+        .where(VulnChange.generation.is_(None))
+        .values(generation=state.generation)
+    )
     session.flush()
     return state.generation
+
+
+def changed_since(
+    session: Session, after: int, upto: int, limit: int
+) -> set[tuple[str, str]] | None:
+    """The (ecosystem, name) pairs generations ``after`` (excluded) to ``upto`` changed;
+    ``None`` when they are more than ``limit``, as after a first import."""
+    stmt = (
+        select(VulnChange.ecosystem, VulnChange.name)
+        .where(VulnChange.generation > after, VulnChange.generation <= upto)
+        .distinct()
+        .limit(limit + 1)
+    )
+    rows = {(ecosystem, name) for ecosystem, name in session.execute(stmt)}
+    return None if len(rows) > limit else rows
+
+
+def forget_changes(session: Session) -> int:
+    """Delete the changes every matched image is past; how many rows."""
+    oldest = session.scalar(select(func.min(Image.matched_generation)))
+    if oldest is None:  # no image matched yet: each will be matched in full
+        oldest = current_generation(session)
+    stmt = delete(VulnChange).where(VulnChange.generation <= oldest)
+    return session.execute(stmt).rowcount or 0
 
 
 # -- records -----------------------------------------------------------------------------
@@ -103,7 +139,12 @@ def store_records(
             newest[row.id] = row
     counts.unchanged += len(rows) - len(newest)
     stored = _stored_modified(session, list(newest))
-    written = []
+    written: list[RecordRow] = []
+    # What a replaced record named before counts as changed too: a package it no longer
+    # names loses its findings.
+    touched = _stored_packages(
+        session, [r.id for r in newest.values() if r.id in stored and r.modified > stored[r.id]]
+    )
     for row in newest.values():
         if row.id not in stored:
             counts.added += 1
@@ -120,8 +161,20 @@ def store_records(
         for row in written
         for eco, name in row.packages
     )
+    touched.update(key for row in written for key in row.packages)
+    session.add_all(VulnChange(ecosystem=eco, name=name) for eco, name in sorted(touched))
     session.flush()
     return counts
+
+
+def _stored_packages(session: Session, ids: list[str]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(ids):
+        stmt = select(VulnPackage.ecosystem, VulnPackage.name).where(
+            VulnPackage.record_id.in_(chunk)
+        )
+        found.update((ecosystem, name) for ecosystem, name in session.execute(stmt))
+    return found
 
 
 def _stored_modified(session: Session, ids: list[str]) -> dict[str, datetime]:
@@ -287,10 +340,22 @@ def any_due(session: Session) -> bool:
 
 
 def replace_findings(
-    session: Session, image: Image, findings: Sequence[dict[str, Any]], generation: int
+    session: Session,
+    image: Image,
+    findings: Sequence[dict[str, Any]],
+    generation: int,
+    *,
+    only: set[PackageKey] | None = None,
 ) -> None:
-    """An image's findings, all replaced, and the generation they were matched against."""
-    session.execute(delete(Finding).where(Finding.image_id == image.id))
+    """An image's findings replaced, all of them or with ``only`` those of these
+    packages, and the generation they were matched against."""
+    stmt = delete(Finding).where(Finding.image_id == image.id)
+    if only is None:
+        session.execute(stmt)
+    else:
+        columns = tuple_(Finding.package_type, Finding.package_name, Finding.package_version)
+        for chunk in _chunks(sorted(only)):
+            session.execute(stmt.where(columns.in_(chunk)))
     if findings:
         # One multi-row INSERT rather than an ORM object per finding: an image can have
         # hundreds, and re-matching writes them for every image of the fleet.

@@ -59,6 +59,23 @@ class VulnPackage(Base):
     name: Mapped[str] = mapped_column(String(512))
 
 
+class VulnChange(Base):
+    """An (ecosystem, package) whose records an import added, replaced or withdrew.
+
+    ``generation`` is the data generation the change took effect in, or NULL while the
+    import writing it is still running (the import that bumps the generation next claims
+    it). An image matched before a change and holding none of its packages has the same
+    findings after it, so re-matching only moves its ``matched_generation`` on.
+    """
+
+    __tablename__ = "vuln_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
+    ecosystem: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(512))
+
+
 class ImagePackage(Base):
     """The inventory of an image, one row per package, for fleet queries by package."""
 

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from models import Finding, Image, Tag
+from models import vulndb as store
 from tests.conftest import Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.osv_export import OsvExportServer
@@ -418,6 +421,70 @@ def test_rpm_and_ubuntu_images_are_matched_in_their_release_by_source_package(
         (i.cve(9), i.pkg("tls"), "1.2-1ubuntu0.1", "high", "fixed in 1.2-1ubuntu0.2"),
         (i.cve(11), i.pkg("old"), "2.0-1", "", "fixed in 2.0-1ubuntu1"),
     }
+
+
+def test_a_data_change_rewrites_only_the_images_holding_a_package_it_names(
+    api: Api,
+    stack: Stack,
+    pusher: Pusher,
+    registry: RegistryServer,
+    name: str,
+    rematcher,
+    tmp_path,
+    db,
+):
+    # Given two scanned Debian images, one holding foo and one bar, each with a finding
+    i, repo = Ids(name), f"{name}/delta"
+    api.set_specs(spec(f"http://{registry.host}", f"{name}/*"))
+    foo, bar, qux = i.pkg("foo"), i.pkg("bar"), i.pkg("qux")
+    for tag, package in (("one", foo), ("two", bar)):
+        status = dpkg_status((package, "1.0-1", ""))
+        files = {"etc/os-release": BOOKWORM_OS_RELEASE, "var/lib/dpkg/status": status}
+        pusher.push_image(repo, tag, files)
+    fix = ({"introduced": "0"}, {"fixed": "1.0-2"})
+    first = [
+        osv_record(i.cve(1), hit("Debian:12", foo, *fix)),
+        osv_record(i.cve(2), hit("Debian:12", bar, *fix)),
+    ]
+    assert import_cli(stack, write_records(tmp_path / "first", first)).returncode == 0
+    for tag in ("one", "two"):
+        scan_one(api, registry, repo, tag)
+    assert findings(api, registry.host, repo, "two") == {
+        (i.cve(2), bar, "1.0-1", "", "fixed in 1.0-2")
+    }
+
+    def stored(tag: str) -> tuple[list[int], int | None]:
+        """The image's finding rows and the data generation they were matched against."""
+        with db() as session:
+            [image] = session.scalars(
+                select(Image)
+                .join(Tag, Tag.digest == Image.digest)
+                .where(Tag.repository == repo, Tag.name == tag, Image.repository == repo)
+            )
+            rows = session.scalars(select(Finding.id).where(Finding.image_id == image.id))
+            return sorted(rows), image.matched_generation
+
+    two_rows, _ = stored("two")
+
+    # When a record about foo changes (its fix is now the installed version)
+    fixed_now = hit("Debian:12", foo, {"introduced": "0"}, {"fixed": "1.0-1"})
+    later = [osv_record(i.cve(1), fixed_now, modified=LATER)]
+    assert import_cli(stack, write_records(tmp_path / "later", later)).returncode == 0
+
+    # Then the image holding foo loses its finding
+    wait_for(lambda: findings(api, registry.host, repo, "one") == set(), 60, "one re-matched")
+    # And the other is brought up to the new data without its findings being rewritten
+    with db() as session:
+        generation = store.current_generation(session)
+    wait_for(lambda: stored("two")[1] == generation, 60, "two marked current")
+    assert stored("two")[0] == two_rows
+
+    # When the record about bar is re-issued naming another package instead
+    moved = [osv_record(i.cve(2), hit("Debian:12", qux, *fix), modified=LATER)]
+    assert import_cli(stack, write_records(tmp_path / "moved", moved)).returncode == 0
+
+    # Then the package it no longer names loses the finding too
+    wait_for(lambda: findings(api, registry.host, repo, "two") == set(), 60, "two re-matched")
 
 
 def test_a_rematch_run_twice_leaves_each_finding_once(

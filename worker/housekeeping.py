@@ -1,7 +1,8 @@
-"""Forgetting what is no longer needed: expired idempotency keys and old push events.
+"""Forgetting what is no longer needed: expired idempotency keys, old push events, and
+the vulnerability data changes every image has been matched past.
 
-Both tables gain a row per request; without this they grow for as long as the service
-runs. One worker per hour does it (Redis key ``regscan:housekeeping``).
+These tables gain rows with every request or import; without this they grow for as long
+as the service runs. One worker per hour does it (Redis key ``regscan:housekeeping``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import idempotency, webhooks
+from models import vulndb as vulndb_store
 from models.base import utcnow
 from models.db import transaction
 from scheduler import keys
@@ -29,15 +31,18 @@ WEBHOOK_EVENT_RETENTION = timedelta(days=7)
 class Pruned:
     idempotency_keys: int = 0
     webhook_events: int = 0
+    vuln_changes: int = 0
 
 
 def prune(sessions: sessionmaker[Session], now: datetime | None = None) -> Pruned:
-    """Delete idempotency keys past their window and push events past their retention."""
+    """Delete idempotency keys past their window, push events past their retention and
+    data changes no image needs any more."""
     now = now or utcnow()
     with transaction(sessions) as session:
         return Pruned(
             idempotency_keys=idempotency.drop_all_expired(session, now - idempotency.WINDOW),
             webhook_events=webhooks.forget_events(session, now - WEBHOOK_EVENT_RETENTION),
+            vuln_changes=vulndb_store.forget_changes(session),
         )
 
 
@@ -46,9 +51,10 @@ def periodic(rt: Runtime, node: str) -> None:
     if not rt.redis.set(keys.HOUSEKEEPING, node, nx=True, ex=keys.HOUSEKEEPING_SECONDS):
         return
     pruned = prune(rt.sessions)
-    if pruned.idempotency_keys or pruned.webhook_events:
+    if pruned.idempotency_keys or pruned.webhook_events or pruned.vuln_changes:
         log.info(
-            "forgot %s expired idempotency keys and %s push events",
+            "forgot %s expired idempotency keys, %s push events and %s data changes",
             pruned.idempotency_keys,
             pruned.webhook_events,
+            pruned.vuln_changes,
         )

@@ -32,6 +32,9 @@ IMPORT_CHUNK = 500  # records written per transaction, so SQLite writers are not
 # re-match benchmark's data: 1.5 KB per parsed record, 0.7 KB per package's findings.
 MEMO_RECORDS = 20_000
 MEMO_TARGETS = 50_000
+# Past this many changed packages since an image's match, it is matched again without
+# comparing: a first import or a full refresh changes everything anyway.
+CHANGED_KEYS_LIMIT = 20_000
 
 
 @dataclass
@@ -176,6 +179,9 @@ class MatchMemo:
     naming: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     records: dict[str, osv.Record | None] = field(default_factory=dict)
     targets: dict[matching.Target, matching.TargetMatch] = field(default_factory=dict)
+    # By the generation an image was matched at: the packages changed since (None: too
+    # many to compare).
+    changed: dict[int, frozenset[tuple[str, str]] | None] = field(default_factory=dict)
 
     @property
     def oversized(self) -> bool:
@@ -214,15 +220,44 @@ def match_image(
         generation = store.current_generation(session)
     if memo is None or memo.generation != generation:
         memo = MatchMemo(generation)
-    image_os = matching.ImageOS(image.os_distro, image.os_distro_version, image.distro)
-    found = matching.targets(image_os, image.packages or [])
+    return _match(session, image, _targets(image), generation, memo)
+
+
+def current_findings(session: Session, image: Image) -> list[dict]:
+    """The image's findings against the data as it is now, matched afresh and not
+    stored: what its stored findings must equal once it is current."""
+    memo = MatchMemo(store.current_generation(session))
+    return _findings(session, _targets(image), memo).findings
+
+
+def _findings(
+    session: Session, found: list[matching.Target], memo: MatchMemo
+) -> matching.MatchResult:
     records = _records(session, _candidates(session, matching.lookup_keys(found), memo), memo)
-    result = matching.match(found, records, utcnow(), memo.targets)
+    return matching.match(found, records, utcnow(), memo.targets)
+
+
+def _targets(image: Image) -> list[matching.Target]:
+    image_os = matching.ImageOS(image.os_distro, image.os_distro_version, image.distro)
+    return matching.targets(image_os, image.packages or [])
+
+
+def _match(
+    session: Session,
+    image: Image,
+    found: list[matching.Target],
+    generation: int,
+    memo: MatchMemo,
+    only: set[store.PackageKey] | None = None,
+) -> int:
+    """Match ``found`` and store the findings: all of the image's, or with ``only``, those
+    of these packages (the others are kept as they are)."""
+    result = _findings(session, found, memo)
     if result.unreadable_ranges:
         log.info(
             "image=%s: %s ranges skipped (unreadable versions)", image.id, result.unreadable_ranges
         )
-    store.replace_findings(session, image, result.findings, generation)
+    store.replace_findings(session, image, result.findings, generation, only=only)
     return len(result.findings)
 
 
@@ -256,15 +291,70 @@ def _parse(data: dict) -> osv.Record | None:
         return None
 
 
-def rematch_batch(sessions: sessionmaker[Session], limit: int) -> int:
-    """Re-match up to ``limit`` images whose findings predate the data; how many."""
+@dataclass
+class RematchCounts:
+    matched: int = 0  # matched again in full, all findings replaced
+    partly: int = 0  # only the packages the data changed for matched again
+    unaffected: int = 0  # holding no package the data changed for: marked current only
+
+    @property
+    def images(self) -> int:
+        return self.matched + self.partly + self.unaffected
+
+
+def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
+    """Bring up to ``limit`` images whose findings predate the data up to date.
+
+    A package's findings depend only on the records naming it, so only the packages the
+    data changed for since an image's match are matched again, and only their findings
+    replaced; an image holding none is just marked current. An image never matched, or
+    matched before more changes than ``CHANGED_KEYS_LIMIT``, is matched in full.
+    """
+    counts = RematchCounts()
     with transaction(sessions) as session:
         generation = store.current_generation(session)
         images = store.images_due(session, generation, limit)
         memo = memo_for(generation)
         for image in images:
-            match_image(session, image, generation, memo)
-    return len(images)
+            found = _targets(image)
+            changed = _changed_since(session, image, memo)
+            if changed is None:
+                _match(session, image, found, generation, memo)
+                counts.matched += 1
+                continue
+            packages = {_package(t) for t in found if _names_any(t, changed)}
+            if packages:
+                # Every target shown as one of these packages: their findings are replaced.
+                again = [t for t in found if _package(t) in packages]
+                _match(session, image, again, generation, memo, only=packages)
+                counts.partly += 1
+            else:
+                image.matched_generation = generation
+                counts.unaffected += 1
+    return counts
+
+
+def _changed_since(
+    session: Session, image: Image, memo: MatchMemo
+) -> frozenset[tuple[str, str]] | None:
+    """The (ecosystem, name) pairs the data changed for since the image's match; None
+    when it was never matched or the changes are too many to compare."""
+    since = image.matched_generation
+    if since is None:
+        return None
+    if since not in memo.changed:
+        changed = store.changed_since(session, since, memo.generation, CHANGED_KEYS_LIMIT)
+        memo.changed[since] = None if changed is None else frozenset(changed)
+    return memo.changed[since]
+
+
+def _names_any(target: matching.Target, keys: frozenset[tuple[str, str]]) -> bool:
+    return any((eco, target.name) in keys for eco in target.ecosystems)
+
+
+def _package(target: matching.Target) -> store.PackageKey:
+    """The package as its findings name it."""
+    return (target.package_type, target.package_name, target.package_version)
 
 
 def publish_rematch(publisher: Publisher) -> None:
@@ -274,9 +364,15 @@ def publish_rematch(publisher: Publisher) -> None:
 def rematch(rt: Runtime) -> None:
     """One batch of the re-match chain; the next batch is published while images remain."""
     done = rematch_batch(rt.sessions, rt.settings.rematch_batch)
-    if done:
-        log.info("re-matched %s images against the current vulnerability data", done)
-    if done >= rt.settings.rematch_batch:
+    if done.images:
+        log.info(
+            "re-matched %s images against the current vulnerability data in full, %s in "
+            "the packages it changed for; %s held none of them",
+            done.matched,
+            done.partly,
+            done.unaffected,
+        )
+    if done.images >= rt.settings.rematch_batch:
         publish_rematch(rt.scheduler.publisher)
 
 

@@ -1,0 +1,182 @@
+"""What a data change re-matches, on a private database of each backend: only the
+packages it names, so other packages' findings are kept as they are and images holding
+none of them are only marked current; changes of an import cut off before its end are
+not lost, and the change log is pruned once every image is past it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Finding, Image, VulnChange
+from models import vulndb as store
+from models.db import make_engine, make_sessionmaker, transaction
+from regscan.db import upgrade
+from scanner import osv
+from tests.conftest import _postgres_database, _sqlite_url
+from worker.housekeeping import prune
+from worker.vulndb import import_location, record_row, rematch_batch
+
+FIX = ({"introduced": "0"}, {"fixed": "1.0-2"})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    urls = _sqlite_url(tmp_path) if request.param == "sqlite" else _postgres_database()
+    for url in urls:
+        upgrade(url)
+        engine = make_engine(url)
+        yield make_sessionmaker(engine)
+        engine.dispose()
+
+
+def record(rid: str, package: str, *events: dict[str, str], modified: str) -> dict[str, Any]:
+    affected = {"package": {"ecosystem": "Debian:12", "name": package}, "ranges": []}
+    affected["ranges"] = [{"type": "ECOSYSTEM", "events": list(events or FIX)}]
+    return {"id": rid, "modified": modified, "affected": [affected]}
+
+
+def import_records(sessions: sessionmaker[Session], folder: Path, *records: dict) -> int:
+    folder.mkdir()
+    for n, rec in enumerate(records):
+        (folder / f"{n}.json").write_text(json.dumps(rec))
+    report = import_location(sessions, str(folder), conditional=False)
+    assert report.generation is not None
+    return report.generation
+
+
+def store_image(sessions: sessionmaker[Session], digest: str, *packages: str) -> int:
+    """An image as a scan stores it: Debian 12, each package at 1.0-1."""
+    inventory = [
+        {"type": "package", "name": p, "version": "1.0-1", "source_name": p,
+         "source_version": "1.0-1"}
+        for p in packages
+    ]  # fmt: skip
+    with transaction(sessions) as session:
+        return session.execute(
+            insert(Image).returning(Image.id),
+            {
+                "registry_host": "r.test",
+                "repository": "app",
+                "digest": digest,
+                "os_distro": "debian",
+                "os_distro_version": "12",
+                "packages": inventory,
+                "analyser_version": 1,
+            },
+        ).scalar_one()
+
+
+def state(sessions: sessionmaker[Session], image_id: int) -> tuple[dict[str, int], int | None]:
+    """The image's findings (CVE id -> row id), and the generation matched against."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Finding.vuln_id, Finding.id).where(Finding.image_id == image_id)
+        ).all()
+        generation = session.get(Image, image_id).matched_generation
+    return dict(rows), generation
+
+
+def rematch_all(sessions: sessionmaker[Session]) -> tuple[int, int, int]:
+    """Images matched again (in full, in some packages) and marked current only."""
+    counts = rematch_batch(sessions, 1000)
+    return counts.matched, counts.partly, counts.unaffected
+
+
+def test_only_the_packages_a_change_names_are_matched_again(
+    sessions: sessionmaker[Session], tmp_path: Path
+):
+    # Given an image holding foo and keep, another holding bar, each package with a finding
+    one = store_image(sessions, "sha256:01", "foo", "keep")
+    two = store_image(sessions, "sha256:02", "bar")
+    first = "2026-01-01T00:00:00Z"
+    import_records(
+        sessions,
+        tmp_path / "a",
+        record("CVE-2099-0001", "foo", modified=first),
+        record("CVE-2099-0002", "bar", modified=first),
+        record("CVE-2099-0009", "keep", modified=first),
+    )
+    assert rematch_all(sessions) == (2, 0, 0)  # never matched: both in full
+    one_rows, _ = state(sessions, one)
+    two_rows, _ = state(sessions, two)
+    assert set(one_rows) == {"CVE-2099-0001", "CVE-2099-0009"}
+
+    # When a record about foo is re-issued (foo no longer affected) and one about a
+    # package no image holds is added
+    later = "2026-02-01T00:00:00Z"
+    generation = import_records(
+        sessions,
+        tmp_path / "b",
+        record("CVE-2099-0001", "foo", {"introduced": "0"}, {"fixed": "1.0-1"}, modified=later),
+        record("CVE-2099-0003", "absent", modified=later),
+    )
+
+    # Then only foo is matched again: its finding goes, keep's row stays as it was
+    assert rematch_all(sessions) == (0, 1, 1)
+    assert state(sessions, one) == ({"CVE-2099-0009": one_rows["CVE-2099-0009"]}, generation)
+    # And the image holding bar keeps its finding rows as they were, now current
+    assert state(sessions, two) == (two_rows, generation)
+
+    # When a record stops naming bar
+    generation = import_records(
+        sessions, tmp_path / "c", record("CVE-2099-0002", "baz", modified=later)
+    )
+
+    # Then bar is matched again too: what a record named before counts
+    assert rematch_all(sessions) == (0, 1, 1)
+    assert state(sessions, two) == ({}, generation)
+
+
+def test_the_changes_of_an_import_cut_off_midway_go_with_the_next_generation(
+    sessions: sessionmaker[Session], tmp_path: Path
+):
+    # Given an image matched against the data
+    image = store_image(sessions, "sha256:03", "foo")
+    first = "2026-01-01T00:00:00Z"
+    import_records(sessions, tmp_path / "a", record("CVE-2099-0004", "other", modified=first))
+    rematch_all(sessions)
+
+    # When an import stores a record about foo and stops before its end (no new generation)
+    new = osv.parse_record(record("CVE-2099-0005", "foo", modified=first))
+    with transaction(sessions) as session:
+        store.store_records(session, [record_row(new)], None)
+    # And a later import changes something unrelated
+    generation = import_records(
+        sessions, tmp_path / "b", record("CVE-2099-0006", "other", modified=first)
+    )
+
+    # Then foo is matched again, and the image shows the cut-off import's finding
+    assert rematch_all(sessions) == (0, 1, 0)
+    findings, matched_at = state(sessions, image)
+    assert (list(findings), matched_at) == (["CVE-2099-0005"], generation)
+
+
+def test_changes_every_image_is_past_are_forgotten(sessions: sessionmaker[Session], tmp_path: Path):
+    def logged() -> int:
+        with sessions() as session:
+            return session.scalar(select(func.count(VulnChange.id))) or 0
+
+    # Given two imports, and an image matched only against the first
+    image = store_image(sessions, "sha256:04", "foo")
+    first = "2026-01-01T00:00:00Z"
+    import_records(sessions, tmp_path / "a", record("CVE-2099-0007", "foo", modified=first))
+    rematch_all(sessions)
+    import_records(sessions, tmp_path / "b", record("CVE-2099-0008", "bar", modified=first))
+    assert logged() == 2
+
+    # When housekeeping runs, the second import's change is kept: the image needs it
+    assert prune(sessions).vuln_changes == 1
+    assert logged() == 1
+
+    # And once the image is past it, that change is forgotten as well
+    assert rematch_all(sessions) == (0, 0, 1)
+    assert list(state(sessions, image)[0]) == ["CVE-2099-0007"]
+    assert prune(sessions).vuln_changes == 1
+    assert logged() == 0
