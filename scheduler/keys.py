@@ -33,8 +33,9 @@ regscan:callback:resent:<job id>   "1" for an hour after a worker's periodic pas
                                    attempt; SET NX EX, so it is published again once, not
                                    once per worker.
 regscan:housekeeping               the node name of the worker that pruned expired
-                                   idempotency keys and old push events this hour; SET NX
-                                   EX 3600, so one worker prunes per hour.
+                                   idempotency keys, old push events and data changes every
+                                   image is past this hour; SET NX EX 3600, so one worker
+                                   prunes per hour.
 regscan:fair:ring                  list of the teams with on-demand jobs waiting, in the
                                    order they get their next turn (scheduler/fair.py).
 regscan:fair:active                set of the teams in the ring, so each is there once.
