@@ -3,8 +3,8 @@
 Records are upserted by id and replaced only by a newer ``modified``; each import that
 changed anything bumps ``VulnDbState.generation`` once, and an image whose
 ``matched_generation`` is older is due for re-matching. ``VulnChange`` rows say which
-(ecosystem, package) pairs each generation changed, so images holding none of them are
-not matched again.
+(ecosystem, package) pairs each generation changed, so that re-matching an image matches
+again only its packages among them.
 """
 
 from __future__ import annotations
