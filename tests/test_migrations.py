@@ -75,3 +75,37 @@ def test_upgrading_keeps_what_is_stored(empty_database: str):
     engine.dispose()
     assert row[0] == "sha256:aa" and row[2] is None
     assert row[1] in ("[]", [])
+
+
+def test_images_still_due_at_the_change_log_upgrade_are_matched_in_full(empty_database: str):
+    # Given data at generation 2, one image matched against it and one still at 1
+    command.upgrade(alembic_config(empty_database), "82b3edb50768")
+    engine = make_engine(empty_database)
+    columns = (
+        "registry_host, repository, digest, media_type, config_digest, platform, os,"
+        " architecture, size, layers, os_distro, os_distro_version, os_distro_release,"
+        " distro, packages, first_seen, last_scanned, matched_generation"
+    )
+    values = "'r:5000', 'app', :digest, '', '', '', '', '', 0, '[]', '', '', '', '', '[]'"
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO vulndb_state (id, generation) VALUES (1, 2)"))
+        for digest, generation in (("sha256:01", 1), ("sha256:02", 2)):
+            conn.execute(
+                text(
+                    f"INSERT INTO images ({columns}) VALUES ({values},"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :generation)"
+                ),
+                {"digest": digest, "generation": generation},
+            )
+
+    # When the revision that starts logging the data's changes runs
+    upgrade(empty_database)
+
+    # Then the image still due is to be matched in full (its changes were never logged),
+    # and the current one stays current
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT digest, matched_generation FROM images ORDER BY digest")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("sha256:01", None), ("sha256:02", 2)]
