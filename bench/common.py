@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import psycopg
 
 from regscan.db import upgrade
-from tests.support.services import fresh_postgres_database, postgres_url
+from tests.support.services import fresh_postgres_database, postgres_url, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +59,7 @@ def regscan_process(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def database_facts(kind: str, url: str) -> str:

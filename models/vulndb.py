@@ -102,7 +102,7 @@ def bump_generation(session: Session) -> int:
 
 def changed_since(
     session: Session, after: int, upto: int, limit: int
-) -> set[tuple[str, str]] | None:
+) -> frozenset[tuple[str, str]] | None:
     """The (ecosystem, name) pairs generations ``after`` (excluded) to ``upto`` changed;
     ``None`` when they are more than ``limit``, as after a first import."""
     stmt = (
@@ -111,7 +111,7 @@ def changed_since(
         .distinct()
         .limit(limit + 1)
     )
-    rows = {(ecosystem, name) for ecosystem, name in session.execute(stmt)}
+    rows = frozenset((ecosystem, name) for ecosystem, name in session.execute(stmt))
     return None if len(rows) > limit else rows
 
 
@@ -139,22 +139,21 @@ def store_records(
             newest[row.id] = row
     counts.unchanged += len(rows) - len(newest)
     stored = _stored_modified(session, list(newest))
-    written: list[RecordRow] = []
+    added = [row for row in newest.values() if row.id not in stored]
+    replaced = [
+        row for row in newest.values() if row.id in stored and row.modified > stored[row.id]
+    ]
+    counts.added += len(added)
+    counts.updated += len(replaced)
+    counts.unchanged += len(newest) - len(added) - len(replaced)
     # What a replaced record named before counts as changed too: a package it no longer
-    # names loses its findings.
-    touched = _stored_packages(
-        session, [r.id for r in newest.values() if r.id in stored and r.modified > stored[r.id]]
-    )
-    for row in newest.values():
-        if row.id not in stored:
-            counts.added += 1
-        elif row.modified > stored[row.id]:
-            counts.updated += 1
-        else:
-            counts.unchanged += 1
-            continue
-        _write_record(session, row, source_id, replace=row.id in stored)
-        written.append(row)
+    # names loses its findings. Read before the records' packages are rewritten.
+    touched = _stored_packages(session, [row.id for row in replaced])
+    for row in added:
+        _write_record(session, row, source_id, replace=False)
+    for row in replaced:
+        _write_record(session, row, source_id, replace=True)
+    written = added + replaced
     session.flush()  # the records first: their packages refer to them
     session.add_all(
         VulnPackage(record_id=row.id, ecosystem=eco, name=name)

@@ -64,8 +64,8 @@ class VulnChange(Base):
 
     ``generation`` is the data generation the change took effect in, or NULL while the
     import writing it is still running (the import that bumps the generation next claims
-    it). An image matched before a change and holding none of its packages has the same
-    findings after it, so re-matching only moves its ``matched_generation`` on.
+    it). An image's findings for the packages a change does not name are the same after
+    it, so re-matching matches again only the packages it names.
     """
 
     __tablename__ = "vuln_changes"

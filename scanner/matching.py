@@ -410,14 +410,10 @@ def _severity(hits: list[_Hit]) -> tuple[float | None, str, str]:
     for wanted in ("CVSS_V3", "CVSS_V4"):
         for entry in entries:
             if entry.type == wanted:
-                scored = _cvss(entry)
+                scored = _scored_vector(entry.type, entry.score)
                 if scored is not None:
                     return scored
     return None, "", _rating(hits, entries)
-
-
-def _cvss(entry: Severity) -> tuple[float, str, str] | None:
-    return _scored_vector(entry.type, entry.score)
 
 
 # Many findings share a vector (one record, many images): each is parsed once.

@@ -295,8 +295,11 @@ class Scheduler:
             job = session.get(ScanJob, job_id)
         if job is None or not job.status.is_final or not job.callback_url:
             return
-        self.publisher.send_task(keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS)
+        self._publish_callback(job_id)
         log.info("job=%s callback published", job_id)
+
+    def _publish_callback(self, job_id: int) -> None:
+        self.publisher.send_task(keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS)
 
     def resend_lost_callbacks(self) -> list[int]:
         """Publish again the callbacks of jobs that ended over ``callback_resend_seconds``
@@ -321,9 +324,7 @@ class Scheduler:
             if self.redis.set(
                 keys.callback_resent(job_id), "1", nx=True, ex=keys.CALLBACK_RESENT_SECONDS
             ):
-                self.publisher.send_task(
-                    keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS
-                )
+                self._publish_callback(job_id)
                 resent.append(job_id)
         if resent:
             log.warning("callbacks of jobs %s were never attempted; published again", resent)

@@ -20,6 +20,7 @@ from models.db import make_engine, make_sessionmaker, transaction
 from regscan.db import upgrade
 from scanner import osv
 from tests.conftest import _postgres_database, _sqlite_url
+from tests.test_vulns import hit, osv_record
 from worker.housekeeping import prune
 from worker.vulndb import import_location, record_row, rematch_batch
 
@@ -37,9 +38,8 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
 
 
 def record(rid: str, package: str, *events: dict[str, str], modified: str) -> dict[str, Any]:
-    affected = {"package": {"ecosystem": "Debian:12", "name": package}, "ranges": []}
-    affected["ranges"] = [{"type": "ECOSYSTEM", "events": list(events or FIX)}]
-    return {"id": rid, "modified": modified, "affected": [affected]}
+    """A Debian 12 record about ``package``; fixed in 1.0-2 unless ``events`` say else."""
+    return osv_record(rid, hit("Debian:12", package, *(events or FIX)), modified=modified)
 
 
 def import_records(sessions: sessionmaker[Session], folder: Path, *records: dict) -> int:

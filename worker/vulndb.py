@@ -343,8 +343,9 @@ def _changed_since(
     if since is None:
         return None
     if since not in memo.changed:
-        changed = store.changed_since(session, since, memo.generation, CHANGED_KEYS_LIMIT)
-        memo.changed[since] = None if changed is None else frozenset(changed)
+        memo.changed[since] = store.changed_since(
+            session, since, memo.generation, CHANGED_KEYS_LIMIT
+        )
     return memo.changed[since]
 
 

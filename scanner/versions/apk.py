@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from scanner.versions._base import InvalidVersion, sign
+from scanner.versions._base import InvalidVersion
 
 # Token kinds, in grammar order: their order decides the comparison tail.
 INITIAL, DIGIT, LETTER, SUFFIX, SUFFIX_NO, COMMIT_HASH, REVISION, END = range(8)
@@ -107,11 +107,6 @@ def key(v: str) -> tuple[tuple[int, object], ...]:
     toks = tokens(v)
     toks.append((END, 0))
     return tuple((_rank(kind, value), value) for kind, value in toks)
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two apk versions."""
-    return sign(key(a), key(b))
 
 
 def is_valid(v: str) -> bool:

@@ -8,7 +8,7 @@ letters and letters before every other character; digit runs compare as numbers.
 
 from __future__ import annotations
 
-from scanner.versions._base import InvalidVersion, sign
+from scanner.versions._base import InvalidVersion
 
 _BLANKS = " \t"
 _EPOCH_MAX = 2**31 - 1  # dpkg keeps the epoch in a C int
@@ -96,8 +96,3 @@ def key(v: str) -> tuple[int, tuple[Part, ...], tuple[Part, ...]]:
     """Return a sortable key for the dpkg version ``v``."""
     epoch, upstream, revision = parse(v)
     return epoch, _fragment_key(upstream), _fragment_key(revision)
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two dpkg versions."""
-    return sign(key(a), key(b))

@@ -185,8 +185,3 @@ class MavenKey:
 def key(v: str) -> MavenKey:
     """Return a sortable key for the Maven version ``v``."""
     return MavenKey(v)
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two Maven versions."""
-    return _cmp_list(parse(a), parse(b))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from packaging.version import InvalidVersion as _PackagingInvalid
 from packaging.version import Version
 
-from scanner.versions._base import InvalidVersion, sign
+from scanner.versions._base import InvalidVersion
 
 
 def key(v: str) -> Version:
@@ -14,8 +14,3 @@ def key(v: str) -> Version:
         return Version(v)
     except _PackagingInvalid as exc:
         raise InvalidVersion(f"not a PEP 440 version: {v!r}") from exc
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two PEP 440 versions."""
-    return sign(key(a), key(b))

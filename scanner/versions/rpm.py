@@ -68,8 +68,3 @@ def key(v: str) -> tuple[tuple[Token, ...], tuple[Token, ...], tuple[Token, ...]
     # The empty tuple sorts before every token list, as a missing release does in rpm.
     rel = () if release is None else segments_key(release)
     return segments_key(epoch), segments_key(version), rel
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two rpm EVR strings."""
-    return sign(key(a), key(b))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from scanner.versions._base import InvalidVersion, sign
+from scanner.versions._base import InvalidVersion
 
 _NUM = r"0|[1-9][0-9]*"
 _IDENT = r"[0-9A-Za-z-]+"
@@ -69,13 +69,3 @@ def go_key(v: str) -> tuple[int, int, int, tuple[Ident, ...]]:
     metadata, so both order as Go orders them.
     """
     return _key(v.removeprefix("v"), v, short=True)
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two npm versions by semver precedence."""
-    return sign(key(a), key(b))
-
-
-def go_compare(a: str, b: str) -> int:
-    """Compare two Go module versions."""
-    return sign(go_key(a), go_key(b))

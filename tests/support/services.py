@@ -68,6 +68,17 @@ def postgres_url() -> str | None:
     return DEFAULT_POSTGRES_URL
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
 @contextlib.contextmanager
 def fresh_postgres_database(server: str, prefix: str) -> Iterator[str]:
     """A new database on the PostgreSQL at ``server`` (a URL), dropped again whatever
@@ -160,13 +171,7 @@ class _Process:
     def _terminate(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            proc.wait()
+            stop_process(proc, timeout=5)
         _running.discard(self)
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
