@@ -58,6 +58,12 @@ def describe(report: ImportReport) -> str:
 def _start_rematch(settings: Settings) -> str:
     try:
         Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+    except ValueError:
+        return (
+            f"  re-match: REGSCAN_REDIS_URL {settings.redis_url!r} is not a Redis URL "
+            "(redis://HOST:PORT/DB); the workers re-match stored images on their next "
+            "periodic pass"
+        )
     except RedisError:
         return (
             f"  re-match: Redis at {settings.redis_url} did not answer; the workers "

@@ -526,6 +526,22 @@ def test_the_import_command_explains_a_missing_path_or_an_unreachable_url(stack:
         assert "Traceback" not in done.stderr
 
 
+def test_the_import_command_stores_the_data_and_explains_a_bad_redis_url(stack: Stack, tmp_path):
+    record = osv_record("CVE-2099-9999901", hit("PyPI", "redis-url-check", {"introduced": "0"}))
+    folder = write_records(tmp_path / "one", [record])
+    done = subprocess.run(
+        [sys.executable, "-m", "regscan.cli", "vulndb", "import", str(folder)],
+        env={**stack.env, "REGSCAN_REDIS_URL": "127.0.0.1:6379"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "changed: yes" in done.stdout
+    assert "'127.0.0.1:6379' is not a Redis URL" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
 # -- configured sources ------------------------------------------------------------------
 
 
