@@ -6,7 +6,6 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from redis import Redis
 
 from api import (
     campaigns,
@@ -25,11 +24,9 @@ from api.auth import Authenticator, ensure_admin
 from api.errors import ApiError
 from api.schemas import Credentials, parse_json_body
 from api.state import AppState, RawBody, State
-from models.db import make_engine, make_sessionmaker
-from regscan.secrets import check_key
-from regscan.settings import Settings
-from scheduler.service import Scheduler
-from worker.app import make_celery
+from core.secrets import check_key
+from core.settings import Settings
+from scheduler.wiring import wire
 
 # "1", or a dotted release such as "22.06" or "34.04": any of them serves the same API.
 _VERSION = re.compile(r"\d+(?:\.\d+)?")
@@ -44,13 +41,9 @@ def check_version(version: str) -> None:
         )
 
 
-def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
-    sessions = make_sessionmaker(
-        make_engine(config.database_url, idle_transaction_seconds=config.lock_ttl_seconds)
-    )
-    redis = Redis.from_url(config.redis_url)
-    if scheduler is None:
-        scheduler = Scheduler(config, sessions, redis, make_celery(config))
+def create_app(config: Settings) -> FastAPI:
+    wiring = wire(config)
+    sessions = wiring.sessions
     check_key(config)
     password = config.admin_password.get_secret_value() if config.admin_password else None
     ensure_admin(sessions, config.admin_user, password)
@@ -59,8 +52,8 @@ def create_app(config: Settings, scheduler: Scheduler | None = None) -> FastAPI:
     app.state.regscan = AppState(
         settings=config,
         sessions=sessions,
-        redis=redis,
-        scheduler=scheduler,
+        redis=wiring.redis,
+        scheduler=wiring.scheduler,
         auth=Authenticator(sessions, config.token_ttl_seconds),
     )
     errors.install(app)

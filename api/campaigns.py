@@ -13,7 +13,7 @@ from pydantic import StrictStr, model_validator
 from api.errors import ApiError
 from api.schemas import Strict, TagRef, parse_json_body
 from api.state import Operator, RawBody, State
-from api.views import job_view
+from core.views import job_view
 from models import queries
 from scanner import versions
 from scheduler.service import ImageRef

@@ -1,7 +1,7 @@
 """``/credentials``: registry accounts that specifications name by ``credentialID``.
 
 Shaped like the reference credentials store. The secret is encrypted on arrival
-(``regscan.secrets``) and never leaves again: no response and no log line holds it.
+(``core.secrets``) and never leaves again: no response and no log line holds it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
 from api.state import Admin, RawBody, State
-from api.views import ts
+from core.secrets import SecretBox, SecretKeyError, secret_box
+from core.views import ts
 from models import Credential
 from models import credentials as store
 from models.db import transaction
-from regscan.secrets import SecretBox, SecretKeyError, secret_box
 
 router = APIRouter()
 

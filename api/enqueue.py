@@ -12,7 +12,7 @@ from api import idempotency
 from api.errors import ApiError
 from api.schemas import BulkScanRequest, TagRef, parse_json_body
 from api.state import AppState, Operator, RawBody, State
-from api.views import ts
+from core.views import ts
 from models import ScanJob
 from models import callbacks as callback_store
 from scheduler.service import ImageRef

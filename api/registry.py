@@ -11,8 +11,9 @@ from api.auth import Principal
 from api.errors import ApiError
 from api.schemas import ScanRequest, parse_json_body
 from api.state import Operator, RawBody, State, User
+from core.reference import parse_registry, validate_repository, validate_tag
+from core.views import job_view, ts
 from models import JobKind, ScanJob, queries
-from scanner.reference import parse_registry, validate_repository, validate_tag
 
 router = APIRouter()
 
@@ -38,7 +39,7 @@ def start_scan(
         caller.team,
         idempotency_key,
         key_hash,
-        lambda: views.job_view(_request_scan(state, caller, request, wait)),
+        lambda: job_view(_request_scan(state, caller, request, wait)),
     )
 
 
@@ -58,7 +59,7 @@ def stop_scan(_caller: Operator, state: State) -> dict[str, Any]:
     job = state.scheduler.stop_regular()
     if job is None:
         return {"stopped": None, "message": "no regular scan is running"}
-    return {"stopped": views.job_view(job), "message": f"regular scan {job.id} is stopping"}
+    return {"stopped": job_view(job), "message": f"regular scan {job.id} is stopping"}
 
 
 SortField = Literal["scanTime", "registry", "repository", "repo", "tag", "id"]
@@ -155,7 +156,7 @@ def list_scans(
             session, kind=JobKind(kind) if kind else None, offset=offset, limit=limit
         )
     response.headers["Total-Count"] = str(total)
-    return [views.job_view(j) for j in jobs]
+    return [job_view(j) for j in jobs]
 
 
 @router.get("/registry/scans/{job_id}")
@@ -168,7 +169,7 @@ def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
             )
         errors = [views.item_error_view(i) for i in queries.failed_items(session, job_id)]
         callbacks = enqueue.callback_views(session, job_id)
-    return {**views.job_view(job), "errors": errors, "callbacks": callbacks}
+    return {**job_view(job), "errors": errors, "callbacks": callbacks}
 
 
 @router.get("/registry/progress")
@@ -218,7 +219,7 @@ def _progress_entry(job: ScanJob | None, kind: str) -> dict[str, Any]:
         "isScanOngoing": ongoing,
         "onDemand": kind == "onDemand",
         "status": job.status.value if job else None,
-        "specScanStartTime": views.ts(job.started_at) if job else None,
+        "specScanStartTime": ts(job.started_at) if job else None,
     }
 
 
@@ -236,6 +237,6 @@ def registry_status(_user: User, state: State) -> dict[str, Any]:
         "total": job.images_total if job else 0,
         "scanned": job.images_scanned if job else 0,
         "failed": job.images_failed if job else 0,
-        "time": views.ts(job.finished_at or job.started_at) if job else None,
+        "time": ts(job.finished_at or job.started_at) if job else None,
         "errors": errors,
     }

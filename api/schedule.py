@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
 from api.state import RawBody, State, User
-from api.views import ts
+from core.settings import Settings
+from core.views import ts
 from models import ScanSchedule, ScheduleTick
 from models import schedule as store
 from models.base import utcnow
 from models.db import transaction
-from regscan.settings import Settings
 from scheduler.cadence import InvalidSchedule, check_cron, check_period, check_timezone
 from scheduler.clock import plan
 

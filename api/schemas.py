@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from api.errors import ApiError
-from scanner.reference import parse_registry, validate_digest, validate_repository, validate_tag
+from core.reference import parse_registry, validate_digest, validate_repository, validate_tag
 
 # Curly quotes, as word processors and web pages print them (written as escapes).
 TYPOGRAPHIC_QUOTES = "\u201c\u201d\u2018\u2019\u201e\u201f\u00ab\u00bb"

@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.schemas import RegistrySettings, Specification, parse_json_body
 from api.state import RawBody, State, User
-from api.views import job_view
-from api.webhooks import webhook_url_suffix
+from core.reference import parse_registry
+from core.secrets import webhook_secret
+from core.views import job_view
 from models import RegistrySpec
 from models import credentials as credential_store
 from models import specs as spec_store
 from models.db import transaction
-from scanner.reference import parse_registry
 from scheduler.errors import SchedulerError
 
 router = APIRouter()
@@ -57,7 +57,8 @@ def _row_fields(spec: Specification) -> dict[str, Any]:
 def get_registry_settings(_user: User, state: State) -> dict[str, Any]:
     with state.sessions() as session:
         specs = [spec_view(r) for r in spec_store.list_specs(session)]
-    return {"specifications": specs, "webhookUrlSuffix": webhook_url_suffix(state.settings)}
+    secret = webhook_secret(state.settings)
+    return {"specifications": specs, "webhookUrlSuffix": f"?secret={secret}" if secret else ""}
 
 
 @router.put("/settings/registry")

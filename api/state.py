@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Authenticator, Principal
 from api.errors import ApiError
-from regscan.settings import Settings
+from core.settings import Settings
 from scheduler.service import Scheduler
 
 

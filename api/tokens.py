@@ -15,7 +15,7 @@ from api.auth import new_api_token
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
 from api.state import Admin, RawBody, State
-from api.views import ts
+from core.views import ts
 from models import ApiToken
 from models import tokens as store
 from models.db import transaction

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from models import Finding, Image, ImageScan, ScanJob, ScanResult, Tag
+from core.views import ts
+from models import Finding, Image, ImageScan, ScanResult, Tag
 from models.base import utcnow
 from scanner.matching import risk_factors
 
 SEVERITIES = ("critical", "high", "medium", "low")
-
-
-def ts(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
-
-
-def job_view(job: ScanJob) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "kind": job.kind.value,
-        "status": job.status.value,
-        "requestedBy": job.requested_by,
-        "source": job.source,
-        "target": job.target,
-        "name": job.target_name,
-        "waited": job.wait,
-        "counts": {
-            "total": job.images_total,
-            "scanned": job.images_scanned,
-            "failed": job.images_failed,
-            "skipped": job.images_skipped,
-        },
-        "createdAt": ts(job.created_at),
-        "startedAt": ts(job.started_at),
-        "discoveredAt": ts(job.discovered_at),
-        "finishedAt": ts(job.finished_at),
-        "heartbeatAt": ts(job.heartbeat_at),
-        "attempts": job.attempts,
-        "error": job.error,
-    }
 
 
 def item_error_view(item: ImageScan) -> dict[str, Any]:

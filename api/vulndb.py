@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api import views
 from api.state import State, User
+from core.views import ts
 from models import VulnSource
 from models import vulndb as store
 
@@ -27,7 +27,7 @@ def vulndb_status(_user: User, state: State) -> dict[str, Any]:
         "withdrawn": s["withdrawn"],
         "recordsByEcosystem": s["by_ecosystem"],
         "generation": s["generation"],
-        "lastChange": views.ts(s["changed_at"]),
+        "lastChange": ts(s["changed_at"]),
         "imagesAwaitingMatch": s["images_due"],
     }
 
@@ -35,7 +35,7 @@ def vulndb_status(_user: User, state: State) -> dict[str, Any]:
 def _source_view(source: VulnSource) -> dict[str, Any]:
     return {
         "location": source.location,
-        "lastRefresh": views.ts(source.refreshed_at),
+        "lastRefresh": ts(source.refreshed_at),
         "etag": source.etag,
         "lastModified": source.last_modified,
         "records": source.records,

@@ -17,7 +17,6 @@ overrides it, for a registry known to regscan under another name.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -29,13 +28,14 @@ from fastapi import APIRouter, Query, Request
 
 from api.errors import ApiError
 from api.state import RawBody, State
-from regscan.settings import Settings
-from scanner.reference import (
+from core.reference import (
     parse_registry,
     validate_digest,
     validate_repository,
     validate_tag,
 )
+from core.secrets import webhook_secret
+from core.settings import Settings
 from scanner.registry import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from scheduler import pushes
 from scheduler.pushes import Push
@@ -45,32 +45,8 @@ router = APIRouter()
 
 WEBHOOK_PATH = "/registry/webhook/webhook"
 SECRET_HEADER = "x-regscan-webhook-secret"
-# Changing this label changes every derived secret: registries would need reconfiguring.
-_DERIVATION_LABEL = b"regscan webhook secret v1"
 _MANIFEST_TYPES = frozenset({DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX})
 _MAX_EVENT_ID = 255
-
-
-def webhook_secret(settings: Settings) -> str | None:
-    """``REGSCAN_WEBHOOK_SECRET``, else one derived from the first ``REGSCAN_SECRET_KEY``.
-
-    Derived, not generated, so that every API process agrees without storing it.
-    """
-    if settings.webhook_secret is not None:
-        return settings.webhook_secret.get_secret_value() or None
-    if settings.secret_key is None:
-        return None
-    first_key = settings.secret_key.get_secret_value().split(",")[0].strip()
-    if not first_key:
-        return None
-    mac = hmac.new(first_key.encode(), _DERIVATION_LABEL, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
-
-
-def webhook_url_suffix(settings: Settings) -> str:
-    """What to append to ``/api/v1/registry/webhook/webhook``; empty when disabled."""
-    secret = webhook_secret(settings)
-    return f"?secret={secret}" if secret else ""
 
 
 def check_secret(request: Request, settings: Settings, secret_param: str | None) -> None:

@@ -42,10 +42,10 @@ from bench.common import (  # noqa: E402
     regscan_process,
     run_main,
 )
-from regscan.settings import Settings  # noqa: E402
-from scheduler import keys  # noqa: E402
+from core import tasks  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.tasks import make_celery  # noqa: E402
 from tests.support.services import RedisServer, free_port  # noqa: E402
-from worker.app import make_celery  # noqa: E402
 
 ADMIN = ("admin", "bench-admin-password")
 REGISTRY = "127.0.0.1:5999"
@@ -116,11 +116,11 @@ def measure(
     warm = run_clients(calls, 0, warmup, stop)
     if warm.failures:
         raise BenchError(f"{name}: warm-up failed {warm.failures} times: {warm.first_error}")
-    redis.delete(keys.QUEUE_ONDEMAND)
+    redis.delete(tasks.QUEUE_ONDEMAND)
     phase = run_clients(calls, warmup, count, stop)
     phase.name = name
-    phase.landed = int(redis.llen(keys.QUEUE_ONDEMAND))
-    redis.delete(keys.QUEUE_ONDEMAND)
+    phase.landed = int(redis.llen(tasks.QUEUE_ONDEMAND))
+    redis.delete(tasks.QUEUE_ONDEMAND)
     return phase
 
 
@@ -129,7 +129,7 @@ def raw_calls(celery: Any, clients: int) -> list[Call]:
 
     def call(i: int) -> str | None:
         try:
-            celery.send_task(keys.TASK_ONDEMAND, args=[i], queue=keys.QUEUE_ONDEMAND)
+            celery.send_task(tasks.TASK_ONDEMAND, args=[i], queue=tasks.QUEUE_ONDEMAND)
         except Exception as exc:  # any failure is counted, not fatal
             return f"{type(exc).__name__}: {exc}"
         return None
@@ -227,7 +227,7 @@ def report(raw: Phase, api: Phase, facts: list[str]) -> None:
     for p in (raw, api):
         print(
             f"{p.name}: accepted {p.accepted}, failed {p.failures}, "
-            f"messages in {keys.QUEUE_ONDEMAND}: {p.landed}"
+            f"messages in {tasks.QUEUE_ONDEMAND}: {p.landed}"
         )
         if p.first_error:
             print(f"  first failure: {p.first_error}")

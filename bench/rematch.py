@@ -74,11 +74,13 @@ from bench.common import (  # noqa: E402
     regscan_process,
     run_main,
 )
+from core import keys  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.tasks import Publisher, make_celery  # noqa: E402
 from models import Image  # noqa: E402
 from models import vulndb as store  # noqa: E402
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
 from models.vulns import Finding, ImagePackage  # noqa: E402
-from regscan.settings import Settings  # noqa: E402
 from scanner.auth import RegistryAuth  # noqa: E402
 from scanner.catalogers import ALL as CATALOGERS  # noqa: E402
 from scanner.images import resolve_image  # noqa: E402
@@ -86,20 +88,13 @@ from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image  # no
 from scanner.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
 from scanner.registry import RegistryClient  # noqa: E402
 from scanner.versions import compare  # noqa: E402
-from scheduler import keys  # noqa: E402
 from tests.support.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
 from tests.support.services import (  # noqa: E402
     REGISTRY_BINARY,
     RedisServer,
     RegistryServer,
 )
-from worker.app import make_celery  # noqa: E402
-from worker.vulndb import (  # noqa: E402
-    current_findings,
-    import_location,
-    publish_rematch,
-    rematch_batch,
-)
+from worker.vulndb import current_findings, import_location, rematch_batch  # noqa: E402
 
 DEFAULT_IMAGES = 10_000
 DEFAULT_SCAN_IMAGES = 200
@@ -747,12 +742,12 @@ def in_process_matcher(sessions: sessionmaker[Session], batch: int) -> Matcher:
 
 def celery_matcher(sessions: sessionmaker[Session], settings: Settings) -> Matcher:
     """One ``regscan.rematch`` message to a real worker; waits until nothing is due."""
-    celery = make_celery(settings)
+    publisher = Publisher(make_celery(settings))
 
     def run() -> tuple[int, int | None]:
         with sessions() as session:
             due = _count(session, Image.id, _behind(store.current_generation(session)))
-        publish_rematch(celery)
+        publisher.rematch()
         while True:
             time.sleep(0.05)
             with sessions() as session:

@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
+from core.settings import get_settings
 from models import Base
 from models.db import make_engine
-from regscan.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -1,6 +1,6 @@
 """Registry credentials, referenced by a specification's ``credentialID``.
 
-The secret is stored only as a Fernet token (see ``regscan.secrets``) and is never
+The secret is stored only as a Fernet token (see ``core.secrets``) and is never
 returned by any endpoint.
 """
 

@@ -6,15 +6,8 @@ import argparse
 import logging
 import sys
 
-from regscan.settings import Settings, get_settings
-
-QUEUE_NAMES = {
-    "regular": "regscan.regular",
-    "images": "regscan.images",
-    "ondemand": "regscan.ondemand",
-    "rematch": "regscan.rematch",
-    "callbacks": "regscan.callbacks",
-}
+from core.settings import Settings, get_settings
+from core.tasks import QUEUES as QUEUE_NAMES
 
 
 def main(argv: list[str] | None = None) -> int:

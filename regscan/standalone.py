@@ -22,9 +22,9 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
+from core.secrets import load_or_create_key_file
+from core.settings import Settings
 from regscan.db import upgrade
-from regscan.secrets import load_or_create_key_file
-from regscan.settings import Settings
 
 STARTUP_SECONDS = 30.0
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from redis import Redis
 from redis.exceptions import RedisError
 
+from core.settings import Settings
+from core.tasks import Publisher, make_celery
 from models.db import make_engine, make_sessionmaker
-from regscan.settings import Settings
-from worker.vulndb import ImportReport, import_location, publish_rematch
+from worker.vulndb import ImportReport, import_location
 
 SHOWN_INVALID = 20  # reasons printed; the count covers them all
 
@@ -69,7 +70,5 @@ def _start_rematch(settings: Settings) -> str:
             f"  re-match: Redis at {settings.redis_url} did not answer; the workers "
             "re-match stored images on their next periodic pass"
         )
-    from worker.app import make_celery
-
-    publish_rematch(make_celery(settings))
+    Publisher(make_celery(settings)).rematch()
     return "  re-match: started; stored images are re-matched by the workers (no registry access)"

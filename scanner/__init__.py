@@ -3,6 +3,14 @@
 A plain library: no Celery, database or settings; callers pass everything in.
 """
 
+from core.reference import (
+    RegistryAddress,
+    image_name,
+    parse_registry,
+    validate_digest,
+    validate_repository,
+    validate_tag,
+)
 from scanner.errors import (
     InvalidManifest,
     NotFound,
@@ -13,14 +21,6 @@ from scanner.errors import (
     ScanStopped,
 )
 from scanner.images import Layer, PlatformImage, newest_first, resolve_image
-from scanner.reference import (
-    RegistryAddress,
-    image_name,
-    parse_registry,
-    validate_digest,
-    validate_repository,
-    validate_tag,
-)
 from scanner.registry import Manifest, ManifestRef, RegistryClient
 
 __all__ = [

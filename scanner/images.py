@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from core.reference import validate_digest
 from scanner.errors import InvalidManifest, NotFound
-from scanner.reference import validate_digest
 from scanner.registry import IMAGE_MANIFEST_TYPES, Manifest, RegistryClient
 
 Checkpoint = Callable[[], None]

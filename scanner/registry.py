@@ -34,6 +34,15 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
+from core.reference import (
+    image_name,
+    is_digest,
+    parse_registry,
+    validate_digest,
+    validate_reference,
+    validate_repository,
+    validate_tag,
+)
 from scanner.errors import (
     InvalidContent,
     InvalidManifest,
@@ -42,15 +51,6 @@ from scanner.errors import (
     RegistryProtocolError,
     RegistryUnavailable,
     ScanError,
-)
-from scanner.reference import (
-    image_name,
-    is_digest,
-    parse_registry,
-    validate_digest,
-    validate_reference,
-    validate_repository,
-    validate_tag,
 )
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,14 @@ import signal
 import threading
 from datetime import datetime
 
-from redis import Redis
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.settings import Settings
 from models import ScanSchedule
 from models import schedule as store
 from models.base import utcnow
-from models.db import make_engine, make_sessionmaker, transaction
-from regscan.settings import Settings
+from models.db import transaction
 from scheduler.cadence import Cadence
 from scheduler.errors import Busy, NoSpecifications, ScanConflict
 from scheduler.service import Scheduler
@@ -152,13 +151,9 @@ def _running(exc: ScanConflict) -> str:
 
 def run_clock(settings: Settings) -> int:
     """The ``regscan scheduler`` command: run until SIGTERM or SIGINT."""
-    from worker.app import make_celery
+    from scheduler.wiring import wire
 
-    sessions = make_sessionmaker(
-        make_engine(settings.database_url, idle_transaction_seconds=settings.lock_ttl_seconds)
-    )
-    redis = Redis.from_url(settings.redis_url)
-    scheduler = Scheduler(settings, sessions, redis, make_celery(settings))
+    wiring = wire(settings)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -167,5 +162,5 @@ def run_clock(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    Clock(settings, sessions, scheduler, stop).run()
+    Clock(settings, wiring.sessions, wiring.scheduler, stop).run()
     return 0

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from core.reference import RegistryAddress, parse_registry
 from models import RegistrySpec
-from scanner.reference import RegistryAddress, parse_registry
 
 
 @dataclass(frozen=True)

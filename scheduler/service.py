@@ -14,22 +14,23 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import fair, keys
+from core.reference import parse_registry
+from core.settings import Settings
+from core.tasks import Publisher
 from models import JobKind, JobStatus, RegistrySpec, ScanJob
 from models import callbacks as callback_store
 from models import services as svc
 from models.base import utcnow
 from models.db import transaction
 from models.jobs import REGULAR_KINDS
-from regscan.settings import Settings
-from scanner.reference import parse_registry
-from scheduler import fair, keys
 from scheduler.errors import (
     Busy,
     NoSpecifications,
@@ -46,12 +47,6 @@ log = logging.getLogger(__name__)
 ON_DEMAND_RETRY_AFTER_SECONDS = 5
 # Callbacks of jobs that ended longer ago than this are not published again.
 CALLBACK_RESEND_HORIZON = timedelta(days=1)
-
-
-class Publisher(Protocol):
-    """Sends a Celery task by name (``celery.Celery.send_task`` fits)."""
-
-    def send_task(self, name: str, args: Sequence[Any] = (), queue: str | None = None) -> Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +226,7 @@ class Scheduler:
         fair.push(self.redis, team, [job.id for job in jobs])
         for job in jobs:
             # One slot per job; which job a slot runs is decided fairly when it runs.
-            self.publisher.send_task(keys.TASK_ONDEMAND_NEXT, queue=keys.QUEUE_ONDEMAND)
+            self.publisher.on_demand_slot()
             log.info("job=%s kind=on-demand team=%s published", job.id, team)
         return answers
 
@@ -285,7 +280,7 @@ class Scheduler:
         return job
 
     def _publish_regular(self, job_id: int) -> None:
-        self.publisher.send_task(keys.TASK_REGULAR, args=[job_id], queue=keys.QUEUE_REGULAR)
+        self.publisher.regular_scan(job_id)
         log.info("job=%s kind=regular published", job_id)
 
     def job_ended(self, job_id: int) -> None:
@@ -299,7 +294,7 @@ class Scheduler:
         log.info("job=%s callback published", job_id)
 
     def _publish_callback(self, job_id: int) -> None:
-        self.publisher.send_task(keys.TASK_CALLBACK, args=[job_id], queue=keys.QUEUE_CALLBACKS)
+        self.publisher.callback(job_id)
 
     def resend_lost_callbacks(self) -> list[int]:
         """Publish again the callbacks of jobs that ended over ``callback_resend_seconds``
@@ -424,19 +419,15 @@ class Scheduler:
                     continue
             if job is None or job.status.is_final:
                 continue
-            task, queue = _task_for(job.kind)
-            self.publisher.send_task(task, args=[job_id], queue=queue)
+            if job.kind is JobKind.ON_DEMAND:
+                self.publisher.on_demand(job_id)
+            else:
+                self.publisher.regular_scan(job_id)
             log.warning("job=%s worker silent; republished attempt=%s", job_id, job.attempts + 1)
             handled.append(job_id)
         for job_id in failed:
             self.job_ended(job_id)
         return handled
-
-
-def _task_for(kind: JobKind) -> tuple[str, str]:
-    if kind is JobKind.ON_DEMAND:
-        return keys.TASK_ONDEMAND, keys.QUEUE_ONDEMAND
-    return keys.TASK_REGULAR, keys.QUEUE_REGULAR
 
 
 def _describe(job: ScanJob) -> str:

@@ -6,7 +6,7 @@ import pytest
 import requests
 from redis import Redis
 
-from scheduler import keys
+from core import keys
 from tests.conftest import ADMIN, Api, Stack
 from tests.support.images import Pusher
 from tests.support.services import RegistryServer

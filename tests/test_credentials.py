@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from redis import Redis
 
+from core.secrets import SecretBox, SecretKeyError, generate_key, load_or_create_key_file
+from core.settings import Settings
 from models import Credential
 from models.db import make_engine, make_sessionmaker, transaction
 from regscan.db import upgrade
-from regscan.secrets import SecretBox, SecretKeyError, generate_key, load_or_create_key_file
-from regscan.settings import Settings
 from regscan.standalone import key_file_path
 from scanner.auth import RegistryAuth, parse_challenges
 from scanner.images import resolve_image

@@ -21,13 +21,13 @@ import requests
 from redis import Redis
 from sqlalchemy import func, select
 
+from core import tasks
 from models import ApiToken, ScanJob
 from models.base import utcnow
 from models.db import transaction
 from models.enqueue import IdempotencyKey
 from models.idempotency import WINDOW
 from models.schedule import WebhookEvent
-from scheduler import keys
 from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.services import RegistryServer
@@ -448,10 +448,10 @@ def test_a_callback_lost_before_it_was_published_is_sent_again(
     try:
         job = api.scan({**_on_demand(image), "callbackUrl": receiver.url}).json()
         api.wait_job(job["id"])
-        wait_for(lambda: redis.llen(keys.QUEUE_CALLBACKS) == 1, 10, "the callback message")
+        wait_for(lambda: redis.llen(tasks.QUEUE_CALLBACKS) == 1, 10, "the callback message")
         # When the message is lost, as when the worker ending the job dies before it
         # publishes the callback
-        redis.delete(keys.QUEUE_CALLBACKS)
+        redis.delete(tasks.QUEUE_CALLBACKS)
         # And a worker comes up that looks for such callbacks after two seconds
         stack.start_worker("callbacks", "callbacks", env={"REGSCAN_CALLBACK_RESEND_SECONDS": "2"})
 

@@ -15,8 +15,8 @@ from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from core import keys
 from models import ScanResult
-from scheduler import keys
 from tests.conftest import Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.proxy import FaultProxy, ListeningSocket

@@ -6,9 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from scanner.errors import InvalidManifest
-from scanner.images import parse_created
-from scanner.reference import (
+from core.reference import (
     RegistryAddress,
     image_name,
     parse_registry,
@@ -17,6 +15,8 @@ from scanner.reference import (
     validate_repository,
     validate_tag,
 )
+from scanner.errors import InvalidManifest
+from scanner.images import parse_created
 from scanner.registry import compute_digest, verify_digest
 
 SHA256 = "sha256:" + "a" * 64

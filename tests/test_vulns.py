@@ -499,11 +499,10 @@ def test_a_rematch_run_twice_leaves_each_finding_once(
 
     # When the data is imported and a second re-match is asked for at the same time
     assert import_cli(stack, write_records(tmp_path / "d", first_records(i))).returncode == 0
-    from regscan.settings import Settings
-    from worker.app import make_celery
-    from worker.vulndb import publish_rematch
+    from core.settings import Settings
+    from core.tasks import Publisher, make_celery
 
-    publish_rematch(make_celery(Settings(redis_url=stack.env["REGSCAN_REDIS_URL"])))
+    Publisher(make_celery(Settings(redis_url=stack.env["REGSCAN_REDIS_URL"]))).rematch()
 
     # Then the image shows each of its four vulnerabilities once
     def listed() -> list[str]:

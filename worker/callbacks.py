@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from api.views import job_view
+from core.views import job_view
 from models import ScanJob
 from models import callbacks as store
 from models.db import transaction

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import keys
 from models import idempotency, webhooks
 from models import vulndb as vulndb_store
 from models.base import utcnow
 from models.db import transaction
-from scheduler import keys
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from core import keys
 from models import Image, ImageScan, ItemStatus, JobKind, JobStatus
 from models import services as svc
 from models.db import transaction
@@ -15,7 +16,6 @@ from scanner.errors import ScanError, ScanStopped
 from scanner.images import PlatformImage, resolve_image
 from scanner.layers import Inventory
 from scanner.packages import ANALYSER_VERSION
-from scheduler import keys
 from worker import vulndb
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from redis.lock import Lock
 from sqlalchemy.exc import IntegrityError
 
+from core import keys
 from models import Image
 from models import images as images_store
 from models import layers as layer_store
@@ -20,7 +21,6 @@ from scanner.images import Layer, PlatformImage
 from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image
 from scanner.packages import ANALYSER_VERSION
 from scanner.registry import RegistryClient
-from scheduler import keys
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

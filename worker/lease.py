@@ -9,9 +9,9 @@ import threading
 
 from redis.exceptions import LockError
 
+from core import keys
 from models import services as svc
 from models.db import transaction
-from scheduler import keys
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from core import keys
 from models import ItemStatus, JobKind, JobStatus, ScanJob
 from models import services as svc
 from models.db import transaction
 from scanner.errors import ScanError
 from scanner.images import newest_first
 from scanner.registry import RegistryClient
-from scheduler import keys
 from scheduler.scope import Spec
 from scheduler.service import load_specs
 from worker.lease import Lease
@@ -179,9 +179,7 @@ class Sweep:
         return handed
 
     def _publish(self, item_id: int, attempt: int) -> None:
-        self.rt.scheduler.publisher.send_task(
-            keys.TASK_IMAGE, args=[item_id, attempt], queue=keys.QUEUE_IMAGES
-        )
+        self.rt.publisher.image_scan(item_id, attempt)
 
     # -- the end ------------------------------------------------------------------
 

@@ -11,14 +11,15 @@ from functools import lru_cache
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.secrets import SecretKeyError, UndecryptableSecret, secret_box
+from core.settings import Settings, get_settings
+from core.tasks import Publisher
 from models import credentials as credential_store
-from models.db import make_engine, make_sessionmaker
-from regscan.secrets import SecretKeyError, UndecryptableSecret, secret_box
-from regscan.settings import Settings, get_settings
 from scanner.auth import RegistryAuth
 from scanner.errors import ScanError
 from scanner.registry import RegistryClient
 from scheduler.service import Scheduler
+from scheduler.wiring import Wiring, wire
 
 CREDENTIAL_CACHE_SECONDS = 60.0
 
@@ -102,11 +103,17 @@ class Runtime:
     settings: Settings
     sessions: sessionmaker[Session]
     redis: Redis
+    publisher: Publisher
     scheduler: Scheduler
     auths: RegistryAuths = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.auths = RegistryAuths(self.settings, self.sessions)
+
+    @classmethod
+    def wired(cls, wiring: Wiring) -> Runtime:
+        w = wiring
+        return cls(w.settings, w.sessions, w.redis, w.publisher, w.scheduler)
 
     def registry_client(self, base_url: str, credential_id: str = "") -> RegistryClient:
         """A client for one registry, authenticated with the credential if one is named.
@@ -129,9 +136,4 @@ class Runtime:
 def get_runtime() -> Runtime:
     from worker.app import app
 
-    settings = get_settings()
-    sessions = make_sessionmaker(
-        make_engine(settings.database_url, idle_transaction_seconds=settings.lock_ttl_seconds)
-    )
-    redis = Redis.from_url(settings.redis_url)
-    return Runtime(settings, sessions, redis, Scheduler(settings, sessions, redis, app))
+    return Runtime.wired(wire(get_settings(), sender=app))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import requests
 from celery.signals import worker_ready, worker_shutdown
 
-from scheduler import fair
+from core import fair
 from worker import callbacks, housekeeping, images, regular, vulndb
 from worker.app import app
 from worker.runtime import Runtime, get_runtime

@@ -17,13 +17,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import keys
 from models import Image
 from models import vulndb as store
 from models.base import utcnow
 from models.db import transaction
 from scanner import matching, osv
-from scheduler import keys
-from scheduler.service import Publisher
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -358,10 +357,6 @@ def _package(target: matching.Target) -> store.PackageKey:
     return (target.package_type, target.package_name, target.package_version)
 
 
-def publish_rematch(publisher: Publisher) -> None:
-    publisher.send_task(keys.TASK_REMATCH, args=[], queue=keys.QUEUE_REMATCH)
-
-
 def rematch(rt: Runtime) -> None:
     """One batch of the re-match chain; the next batch is published while images remain."""
     done = rematch_batch(rt.sessions, rt.settings.rematch_batch)
@@ -374,7 +369,7 @@ def rematch(rt: Runtime) -> None:
             done.unaffected,
         )
     if done.images >= rt.settings.rematch_batch:
-        publish_rematch(rt.scheduler.publisher)
+        rt.publisher.rematch()
 
 
 # -- the workers' periodic pass ------------------------------------------------------------
@@ -391,7 +386,7 @@ def periodic(rt: Runtime, node: str) -> None:
     with rt.sessions() as session:
         due = store.any_due(session)
     if due and rt.redis.set(keys.REMATCH_KICK, "1", nx=True, ex=keys.REMATCH_KICK_SECONDS):
-        publish_rematch(rt.scheduler.publisher)
+        rt.publisher.rematch()
 
 
 def refresh(rt: Runtime, locations: list[str]) -> None:
@@ -414,7 +409,7 @@ def refresh(rt: Runtime, locations: list[str]) -> None:
         log.info("vulnerability data source %s: %s", location, _outcome(report))
         changed = changed or report.changed
     if changed:
-        publish_rematch(rt.scheduler.publisher)
+        rt.publisher.rematch()
 
 
 def _outcome(report: ImportReport) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from redis import Redis
 
-from scheduler import keys
+from core import keys
 
 # KEYS: team list, ring, active set; ARGV: team, job ids...
 _PUSH = """

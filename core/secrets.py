@@ -1,4 +1,5 @@
-"""Encryption of stored secrets (registry passwords and tokens) with Fernet.
+"""Encryption of stored secrets (registry passwords and tokens) with Fernet, and the
+webhook secret derived from the same key.
 
 The key comes from ``REGSCAN_SECRET_KEY``: one Fernet key, or several separated by
 commas while rotating (the first encrypts, every one of them decrypts). Nothing here
@@ -7,13 +8,16 @@ ever puts a key or a secret into a message or a log line.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from functools import lru_cache
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from regscan.settings import Settings
+from core.settings import Settings
 
 GENERATE_HINT = (
     "generate one with: python -c "
@@ -110,3 +114,23 @@ def load_or_create_key_file(path: Path) -> str:
     with os.fdopen(fd, "w") as out:
         out.write(key + "\n")
     return key
+
+
+# Changing this label changes every derived secret: registries would need reconfiguring.
+_WEBHOOK_DERIVATION_LABEL = b"regscan webhook secret v1"
+
+
+def webhook_secret(settings: Settings) -> str | None:
+    """``REGSCAN_WEBHOOK_SECRET``, else one derived from the first ``REGSCAN_SECRET_KEY``.
+
+    Derived, not generated, so that every API process agrees without storing it.
+    """
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value() or None
+    if settings.secret_key is None:
+        return None
+    first_key = settings.secret_key.get_secret_value().split(",")[0].strip()
+    if not first_key:
+        return None
+    mac = hmac.new(first_key.encode(), _WEBHOOK_DERIVATION_LABEL, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")

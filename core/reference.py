@@ -1,10 +1,17 @@
-"""Registry addresses and the parts of an image reference, checked against the
-distribution reference grammar before they are put in a URL or a database row."""
+"""Registry addresses and image references, checked against the distribution reference
+grammar before they are put in a URL or a database row.
+
+:class:`ImageRef` is the one shape an image reference takes, from the request body that
+names it to the job row that stores it.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -139,3 +146,62 @@ def image_name(host: str, repo: str, tag: str = "", digest: str = "") -> str:
     if digest:
         name += f"@{digest}"
     return name
+
+
+class ImageRef(BaseModel):
+    """An image to scan: ``registry/repo:tag``, ``registry/repo@digest``, or both.
+
+    ``registry`` is written as the user wrote it (``http://`` included); :attr:`host` is
+    its identity. As in the reference API, no tag and no digest means ``latest``.
+    Unknown fields are refused; ``id``, which some reference payloads carry, is ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: StrictStr
+    repo: StrictStr
+    tag: StrictStr = ""
+    digest: StrictStr = ""
+    id: StrictStr = Field(default="", exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tag(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("tag") and not data.get("digest"):
+            return {**data, "tag": "latest"}
+        return data
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        parse_registry(v)
+        return v
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        return validate_repository(v)
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        return validate_tag(v) if v else v
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        return validate_digest(v) if v else v
+
+    @property
+    def host(self) -> str:
+        """The registry's identity, ``host[:port]``."""
+        return parse_registry(self.registry).host
+
+    def as_target(self) -> dict[str, str]:
+        """As a job row keeps it: ``{registry, repo, tag, digest}``."""
+        return {
+            "registry": self.registry,
+            "repo": self.repo,
+            "tag": self.tag,
+            "digest": self.digest,
+        }

@@ -37,14 +37,15 @@ regscan:housekeeping               the node name of the worker that pruned expir
                                    image is past this hour; SET NX EX 3600, so one worker
                                    prunes per hour.
 regscan:fair:ring                  list of the teams with on-demand jobs waiting, in the
-                                   order they get their next turn (scheduler/fair.py).
+                                   order they get their next turn (core/fair.py).
 regscan:fair:active                set of the teams in the ring, so each is there once.
 regscan:fair:team:<team>           list of a team's waiting on-demand job ids, oldest
                                    first. All three change only through the Lua scripts
-                                   of scheduler/fair.py.
+                                   of core/fair.py.
 =================================  =====================================================
 
-Celery keeps its own keys (the queues below and ``unacked*``) in the same database.
+Celery keeps its own keys (the queues of :mod:`core.tasks` and ``unacked*``) in the same
+database.
 """
 
 from __future__ import annotations
@@ -83,22 +84,3 @@ def stop_flag(job_id: int) -> str:
 
 def layer_lock(digest: str) -> str:
     return f"regscan:lock:layer:{digest}"
-
-
-# Celery queues: a big sweep fills IMAGES, never ONDEMAND.
-QUEUE_REGULAR = "regscan.regular"
-QUEUE_IMAGES = "regscan.images"
-QUEUE_ONDEMAND = "regscan.ondemand"
-# Re-matching stored inventories when the vulnerability data changed: no registry work.
-QUEUE_REMATCH = "regscan.rematch"
-# Completion callbacks to other teams' URLs: a slow receiver never holds up a scan.
-QUEUE_CALLBACKS = "regscan.callbacks"
-ALL_QUEUES = (QUEUE_REGULAR, QUEUE_IMAGES, QUEUE_ONDEMAND, QUEUE_REMATCH, QUEUE_CALLBACKS)
-
-# Celery task names, so the scheduler can publish without importing the worker.
-TASK_REGULAR = "regscan.run_regular_scan"
-TASK_IMAGE = "regscan.scan_image"
-TASK_ONDEMAND = "regscan.scan_on_demand"
-TASK_ONDEMAND_NEXT = "regscan.scan_on_demand_next"
-TASK_REMATCH = "regscan.rematch"
-TASK_CALLBACK = "regscan.deliver_callback"
