@@ -7,23 +7,23 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from api import (
+from api import errors
+from api.auth import Authenticator, ensure_admin
+from api.deps import AppState, RawBody, State
+from api.errors import ApiError
+from api.routes import (
+    bulk,
     campaigns,
     credentials,
-    enqueue,
-    errors,
     exports,
     registry,
-    schedule,
-    settings,
+    registry_settings,
+    scan_settings,
     tokens,
     vulndb,
     webhooks,
 )
-from api.auth import Authenticator, ensure_admin
-from api.errors import ApiError
 from api.schemas import Credentials, parse_json_body
-from api.state import AppState, RawBody, State
 from core.secrets import check_key
 from core.settings import Settings
 from scheduler.wiring import wire
@@ -53,16 +53,16 @@ def create_app(config: Settings) -> FastAPI:
         settings=config,
         sessions=sessions,
         redis=wiring.redis,
-        scheduler=wiring.scheduler,
+        admission=wiring.admission,
         auth=Authenticator(sessions, config.token_ttl_seconds),
     )
     errors.install(app)
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
-    versioned.include_router(enqueue.router)
+    versioned.include_router(bulk.router)
     versioned.include_router(tokens.router)
-    versioned.include_router(settings.router)
-    versioned.include_router(schedule.router)
+    versioned.include_router(registry_settings.router)
+    versioned.include_router(scan_settings.router)
     versioned.include_router(credentials.router)
     versioned.include_router(exports.router)
     versioned.include_router(campaigns.router)

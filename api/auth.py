@@ -25,7 +25,7 @@ from fastapi import Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
-from models import accounts, tokens
+from models import api_tokens, users
 from models.base import utcnow
 from models.db import transaction
 
@@ -72,7 +72,7 @@ def password_matches(stored_hash: str, password: str) -> bool:
 def ensure_admin(sessions: sessionmaker[Session], username: str, password: str | None) -> None:
     """Create the first admin, or reset its password to the configured one."""
     with transaction(sessions) as session:
-        user = accounts.get_user(session, username)
+        user = users.get_user(session, username)
         if user is not None and (
             password is None or password_matches(user.password_hash, password)
         ):
@@ -81,7 +81,7 @@ def ensure_admin(sessions: sessionmaker[Session], username: str, password: str |
             raise RuntimeError(
                 f"no user {username!r} exists yet: set REGSCAN_ADMIN_PASSWORD to create it"
             )
-        accounts.put_user(session, username, hash_password(password))
+        users.put_user(session, username, hash_password(password))
 
 
 class Authenticator:
@@ -93,11 +93,11 @@ class Authenticator:
 
     def issue_token(self, username: str, password: str) -> str:
         with transaction(self.sessions) as session:
-            user = accounts.get_user(session, username)
+            user = users.get_user(session, username)
             if user is None or not password_matches(user.password_hash, password):
                 raise ApiError(401, "invalid username or password")
             token = secrets.token_urlsafe(32)
-            accounts.add_token(session, user, _sha256(token), utcnow() + self.token_ttl)
+            users.add_token(session, user, _sha256(token), utcnow() + self.token_ttl)
         return token
 
     def user_of(self, request: Request) -> str:
@@ -132,7 +132,7 @@ class Authenticator:
         if hit and hit[1] > time.monotonic():
             return hit[0]
         with self.sessions() as session:
-            user = accounts.get_user(session, username)
+            user = users.get_user(session, username)
             ok = user is not None and password_matches(user.password_hash, password)
         if not ok or user is None:
             raise ApiError(401, "invalid username or password", _CHALLENGE)
@@ -143,19 +143,19 @@ class Authenticator:
 
     def _bearer(self, token: str) -> Principal:
         with self.sessions() as session:
-            user = accounts.user_for_token(session, _sha256(token))
+            user = users.user_for_token(session, _sha256(token))
         if user is None:
             raise ApiError(401, "bearer token is invalid or expired: authenticate again")
         return _user_principal(user.username, user.role)
 
     def _api_token(self, token: str) -> Principal:
         with transaction(self.sessions) as session:
-            row = tokens.by_hash(session, _sha256(token))
+            row = api_tokens.by_hash(session, _sha256(token))
             if row is None:
                 raise ApiError(401, "API token is not known: ask an admin for a new one")
             if row.revoked_at is not None:
                 raise ApiError(401, f"API token {row.prefix}... was revoked: ask for a new one")
-            tokens.note_use(session, row)
+            api_tokens.note_use(session, row)
             return Principal(name=f"token:{row.name}", team=row.team, role=row.role)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import Response
 from sqlalchemy.exc import IntegrityError
 
+from api.deps import AppState
 from api.errors import ApiError
-from api.state import AppState
 from models import idempotency as store
 from models.base import utcnow
 from models.db import transaction

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from api.errors import ApiError
-from core.reference import parse_registry, validate_digest, validate_repository, validate_tag
+from core.reference import ImageRef, parse_registry
 
 # Curly quotes, as word processors and web pages print them (written as escapes).
 TYPOGRAPHIC_QUOTES = "\u201c\u201d\u2018\u2019\u201e\u201f\u00ab\u00bb"
@@ -51,44 +51,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TagRef(Strict):
-    """An image reference: ``registry/repo:tag`` or ``registry/repo@digest``."""
-
-    registry: StrictStr
-    repo: StrictStr
-    tag: StrictStr = ""
-    digest: StrictStr = ""
-    id: StrictStr = ""  # present in some reference payloads; not used
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, v: str) -> str:
-        parse_registry(v)
-        return v
-
-    @field_validator("repo")
-    @classmethod
-    def _repo(cls, v: str) -> str:
-        return validate_repository(v)
-
-    @field_validator("tag")
-    @classmethod
-    def _tag(cls, v: str) -> str:
-        return validate_tag(v) if v else v
-
-    @field_validator("digest")
-    @classmethod
-    def _digest(cls, v: str) -> str:
-        return validate_digest(v) if v else v
-
-    @model_validator(mode="after")
-    def _default_tag(self) -> TagRef:
-        # As the reference: no tag means "latest", unless a digest names the image.
-        if not self.tag and not self.digest:
-            self.tag = "latest"
-        return self
-
-
 def validate_callback_url(url: str) -> str:
     """An absolute http(s) URL with a host: where a job's final state is POSTed."""
     parts = urlsplit(url)
@@ -101,7 +63,7 @@ def validate_callback_url(url: str) -> str:
 
 class ScanRequest(Strict):
     onDemandScan: StrictBool = False
-    tag: TagRef | None = None
+    tag: ImageRef | None = None
     callbackUrl: StrictStr = ""
 
     @field_validator("callbackUrl")
@@ -126,7 +88,7 @@ MAX_CALLBACK_URL = 2048
 class BulkScanRequest(Strict):
     """Many on-demand scans at once: one job per image."""
 
-    images: list[TagRef] = Field(min_length=1)
+    images: list[ImageRef] = Field(min_length=1)
     callbackUrl: StrictStr = ""
 
     @field_validator("images", mode="before")

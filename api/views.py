@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from core.views import ts
 from models import Finding, Image, ImageScan, ScanResult, Tag
+from models import callbacks as callback_store
 from models.base import utcnow
 from scanner.matching import risk_factors
 
@@ -110,3 +113,17 @@ def _image_fields(image: Image) -> dict[str, Any]:
         "size": image.size,
         "layers": image.layers,
     }
+
+
+def callback_views(session: Session, job_id: int) -> list[dict[str, Any]]:
+    """Every delivery attempt of a job's callback, oldest first."""
+    return [
+        {
+            "attempt": d.attempt,
+            "url": d.url,
+            "statusCode": d.status_code,
+            "error": d.error,
+            "attemptedAt": ts(d.attempted_at),
+        }
+        for d in callback_store.deliveries(session, job_id)
+    ]

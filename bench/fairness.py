@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from models.db import make_engine, make_sessionmaker  # noqa: E402
-from models.services import active_on_demand  # noqa: E402
+from models.jobs import active_on_demand  # noqa: E402
 from regscan.db import upgrade  # noqa: E402
 from tests.conftest import Api, Stack, wait_for  # noqa: E402
 from tests.support.images import Pusher  # noqa: E402

@@ -22,7 +22,7 @@ scan stored, without asking a registry anything. This compares, in the same run:
   E  full re-match  every image matched again in all its packages, as if never matched:
                 what C and D would cost if re-matching did not follow the changes.
 
-B to E call ``worker.vulndb.rematch_batch`` in the Celery task's batches until a batch
+B to E call ``worker.rematch.rematch_batch`` in the Celery task's batches until a batch
 comes back short, in this process, so Celery's overhead is left out; ``--celery`` runs
 them through a real worker on a private Redis instead. The registry stays up all along,
 and its access log counts the requests it served in each phase.
@@ -77,10 +77,14 @@ from bench.common import (  # noqa: E402
 from core import keys  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.tasks import Publisher, make_celery  # noqa: E402
-from models import Image  # noqa: E402
-from models import vulndb as store  # noqa: E402
+from models import (  # noqa: E402
+    Image,
+    findings,
+    vuln_records,
+)
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
-from models.vulns import Finding, ImagePackage  # noqa: E402
+from models.findings import Finding  # noqa: E402
+from models.images import ImagePackage  # noqa: E402
 from scanner.auth import RegistryAuth  # noqa: E402
 from scanner.catalogers import ALL as CATALOGERS  # noqa: E402
 from scanner.images import resolve_image  # noqa: E402
@@ -94,7 +98,8 @@ from tests.support.services import (  # noqa: E402
     RedisServer,
     RegistryServer,
 )
-from worker.vulndb import current_findings, import_location, rematch_batch  # noqa: E402
+from worker.rematch import current_findings, rematch_batch  # noqa: E402
+from worker.vuln_import import import_location  # noqa: E402
 
 DEFAULT_IMAGES = 10_000
 DEFAULT_SCAN_IMAGES = 200
@@ -705,7 +710,7 @@ def store_images(
 
 
 def _package_row(image_id: int, p: dict[str, Any]) -> dict[str, Any]:
-    # The rows store.set_image_packages writes for a scanned image.
+    # The rows set_image_packages writes for a scanned image.
     keep = {"image_id": image_id, "type": p["type"], "name": p["name"], "version": p["version"]}
     return {**keep, "source_name": p.get("source_name") or ""}
 
@@ -727,7 +732,7 @@ Matcher = Callable[[], tuple[int, int | None]]
 
 def in_process_matcher(sessions: sessionmaker[Session], batch: int) -> Matcher:
     """The chain the Celery task runs, without Celery: batches until one comes back
-    short, just as ``worker.vulndb.rematch`` stops publishing the next one."""
+    short, just as ``worker.rematch.rematch_next`` stops publishing the next one."""
 
     def run() -> tuple[int, int | None]:
         done = matched = 0
@@ -746,12 +751,12 @@ def celery_matcher(sessions: sessionmaker[Session], settings: Settings) -> Match
 
     def run() -> tuple[int, int | None]:
         with sessions() as session:
-            due = _count(session, Image.id, _behind(store.current_generation(session)))
+            due = _count(session, Image.id, _behind(vuln_records.current_generation(session)))
         publisher.rematch()
         while True:
             time.sleep(0.05)
             with sessions() as session:
-                if not store.any_due(session):
+                if not findings.any_due(session):
                     return due, None  # the worker logs how many it matched again
 
     return run
@@ -773,7 +778,7 @@ class Outcome:
 
 def outcome(sessions: sessionmaker[Session]) -> Outcome:
     with sessions() as session:
-        generation = store.current_generation(session)
+        generation = vuln_records.current_generation(session)
         return Outcome(
             generation,
             _count(session, Image.id, _behind(generation)),

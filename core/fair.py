@@ -51,3 +51,8 @@ def pop(redis: Redis) -> int | None:
     script = redis.register_script(_POP)
     job = script(keys=[keys.FAIR_RING, keys.FAIR_ACTIVE], args=[keys.fair_team("")])
     return int(job) if job else None
+
+
+def waiting(redis: Redis, team: str) -> set[int]:
+    """The ids of a team's jobs waiting for their turn."""
+    return {int(job_id) for job_id in redis.lrange(keys.fair_team(team), 0, -1)}

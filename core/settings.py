@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     ondemand_stale_seconds: float = Field(
         default=600.0, description="An on-demand scan silent this long is retried or failed."
     )
+    ondemand_requeue_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="An on-demand scan still queued after this long whose id is in no "
+        "team's queue in Redis (lost with Redis, or never pushed by an API that died) is "
+        "queued again.",
+    )
     max_attempts: int = Field(
         default=3, description="Times a scan is taken up again after its worker died."
     )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import DateTime, Enum, MetaData, TypeDecorator
+from sqlalchemy import CursorResult, DateTime, Enum, MetaData, Result, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -51,6 +51,17 @@ def enum_column(enum_cls: type[enum.Enum]) -> Enum:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def older_than(seconds: float) -> datetime:
+    """The moment ``seconds`` ago: what is older has been silent that long."""
+    return utcnow() - timedelta(seconds=seconds)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched (``Session.execute`` returns a cursor result
+    for them, but is typed for any statement)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 class Base(DeclarativeBase):

@@ -7,10 +7,25 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, String, UniqueConstraint, delete, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.enqueue import IdempotencyKey
+from models.base import Base, rowcount, utcnow
+
+
+class IdempotencyKey(Base):
+    """The answer given to a team's request with an ``Idempotency-Key``, for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("team", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
 
 # How long a key holds its answer.
 WINDOW = timedelta(hours=24)
@@ -31,7 +46,7 @@ def drop_expired(session: Session, team: str, key: str, before: datetime) -> Non
 def drop_all_expired(session: Session, before: datetime) -> int:
     """Forget every key older than ``before``; how many."""
     stmt = delete(IdempotencyKey).where(IdempotencyKey.created_at < before)
-    return session.execute(stmt).rowcount
+    return rowcount(session.execute(stmt))
 
 
 def find(session: Session, team: str, key: str) -> IdempotencyKey | None:

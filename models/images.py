@@ -1,11 +1,27 @@
-"""Images (a manifest digest in a repository) and the tags pointing at them."""
+"""Images (a manifest digest in a repository), the tags pointing at them, and the
+packages each image holds. Callers own the transaction."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    Select,
+    String,
+    UniqueConstraint,
+    delete,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
@@ -39,7 +55,7 @@ class Image(Base):
     packages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # Analyser version the inventory was made with; None until analysed.
     analyser_version: Mapped[int | None] = mapped_column(Integer, default=None)
-    # Vulnerability data generation (models.vulns.VulnDbState) the findings were
+    # Vulnerability data generation (models.vuln_records.VulnDbState) the findings were
     # matched against; None until matched.
     matched_generation: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
@@ -63,6 +79,20 @@ class Tag(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class ImagePackage(Base):
+    """The inventory of an image, one row per package, for fleet queries by package."""
+
+    __tablename__ = "image_packages"
+    __table_args__ = (Index("ix_image_packages_name_version", "name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(512))
+    version: Mapped[str] = mapped_column(String(255))
+    source_name: Mapped[str] = mapped_column(String(512), default="")
+
+
 def find_image(session: Session, registry_host: str, repository: str, digest: str) -> Image | None:
     stmt = select(Image).where(
         Image.registry_host == registry_host,
@@ -70,3 +100,54 @@ def find_image(session: Session, registry_host: str, repository: str, digest: st
         Image.digest == digest,
     )
     return session.scalar(stmt)
+
+
+def set_image_packages(session: Session, image_id: int, packages: Sequence[dict[str, Any]]) -> None:
+    """Replace the per-package rows of an image's inventory."""
+    session.execute(delete(ImagePackage).where(ImagePackage.image_id == image_id))
+    session.add_all(
+        ImagePackage(
+            image_id=image_id,
+            type=p["type"],
+            name=p["name"],
+            version=p["version"],
+            source_name=p.get("source_name") or "",
+        )
+        for p in packages
+    )
+
+
+def images_holding(name: str, version: str | None) -> Select[tuple[int]]:
+    """Ids of the images holding package ``name`` (binary or source name)."""
+    stmt = select(ImagePackage.image_id).where(
+        or_(ImagePackage.name == name, ImagePackage.source_name == name)
+    )
+    return stmt.where(ImagePackage.version == version) if version is not None else stmt
+
+
+def matched_before(generation: int) -> ColumnElement[bool]:
+    """Images with an inventory whose findings predate ``generation``."""
+    return Image.analyser_version.is_not(None) & or_(
+        Image.matched_generation.is_(None), Image.matched_generation < generation
+    )
+
+
+def tags_of(session: Session, images: Sequence[Image]) -> dict[int, list[Tag]]:
+    """For each image, the tags now pointing at it or at the index it belongs to."""
+    if not images:
+        return {}
+    digests = {d for i in images for d in (i.digest, i.index_digest) if d}
+    repos = {(i.registry_host, i.repository) for i in images}
+    stmt = select(Tag).where(
+        Tag.digest.in_(digests), Tag.repository.in_({repo for _h, repo in repos})
+    )
+    by_key: dict[tuple[str, str, str], list[Tag]] = defaultdict(list)
+    for tag in session.scalars(stmt.order_by(Tag.name)):
+        by_key[(tag.registry_host, tag.repository, tag.digest)].append(tag)
+    out: dict[int, list[Tag]] = {}
+    for image in images:
+        found = by_key[(image.registry_host, image.repository, image.digest)]
+        if image.index_digest:
+            found = found + by_key[(image.registry_host, image.repository, image.index_digest)]
+        out[image.id] = found
+    return out

@@ -1,19 +1,21 @@
-"""Scan jobs, the images each job covers, and the result of each image scan.
+"""Scan jobs: one row per request for scanning, with its state and counts.
 
-State changes go through the named functions in :mod:`models.services`; nothing
-else assigns ``status``.
+State changes go through the named functions here (and the fenced writes of
+:mod:`models.fencing`); nothing else assigns ``status``. Callers own the transaction.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, func, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.base import Base, enum_column, utcnow
+from core.requester import Requester
+from models.base import Base, enum_column, rowcount, utcnow
 
 
 class JobKind(enum.Enum):
@@ -44,19 +46,6 @@ class JobStatus(enum.Enum):
 REGULAR_KINDS = (JobKind.REGULAR_ALL, JobKind.REGULAR_IMAGE, JobKind.REGULAR_SELECT)
 FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.STOPPED, JobStatus.FAILED})
 ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STOPPING})
-
-
-class ItemStatus(enum.Enum):
-    PENDING = "pending"  # discovered, not handed to a worker yet
-    QUEUED = "queued"  # Celery message sent
-    RUNNING = "running"  # a worker claimed it
-    DONE = "done"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # never started because the scan was stopped
-
-    @property
-    def is_final(self) -> bool:
-        return self in (ItemStatus.DONE, ItemStatus.FAILED, ItemStatus.SKIPPED)
 
 
 class ScanJob(Base):
@@ -116,77 +105,156 @@ class ScanJob(Base):
         return name
 
 
-class ImageScan(Base):
-    """One image reference a job has to scan: a tag or digest in a repository."""
+# -- job state -------------------------------------------------------------------------
 
-    __tablename__ = "image_scans"
-    __table_args__ = (
-        Index("ix_image_scans_job_id_status", "job_id", "status"),
-        Index("ix_image_scans_image", "repository", "tag", "registry_host"),
+
+def create_job(
+    session: Session,
+    kind: JobKind,
+    requester: Requester,
+    *,
+    target: dict[str, Any] | None = None,
+    wait: bool = False,
+    publish_now: bool = True,
+) -> ScanJob:
+    now = utcnow()
+    job = ScanJob(
+        kind=kind,
+        status=JobStatus.QUEUED,
+        requested_by=requester.name,
+        source=requester.source,
+        target=target,
+        wait=wait,
+        team=requester.team,
+        callback_url=requester.callback_url,
+        created_at=now,
+        published_at=now if publish_now else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def active_regular_jobs(session: Session) -> Sequence[ScanJob]:
+    """Regular jobs queued, running or stopping, oldest first."""
+    stmt = (
+        select(ScanJob)
+        .where(ScanJob.kind.in_(REGULAR_KINDS), ScanJob.status.in_(ACTIVE_STATUSES))
+        .order_by(ScanJob.id)
+    )
+    return session.scalars(stmt).all()
+
+
+def any_regular_waiting(session: Session) -> bool:
+    """Whether a regular job waits for the slot (queued, not yet published)."""
+    stmt = select(ScanJob.id).where(
+        ScanJob.kind.in_(REGULAR_KINDS),
+        ScanJob.status.in_(ACTIVE_STATUSES),
+        ScanJob.published_at.is_(None),
+    )
+    return session.scalar(stmt.limit(1)) is not None
+
+
+def active_on_demand(session: Session, team: str) -> int:
+    """On-demand jobs of a team that are waiting or running."""
+    stmt = select(func.count()).where(
+        ScanJob.team == team,
+        ScanJob.kind == JobKind.ON_DEMAND,
+        ScanJob.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+    )
+    return session.scalar(stmt) or 0
+
+
+def mark_published(session: Session, job_id: int) -> bool:
+    """Claim the right to publish a waiting job; False if someone else did."""
+    stmt = (
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.published_at.is_(None))
+        .values(published_at=utcnow())
+    )
+    return rowcount(session.execute(stmt)) == 1
+
+
+def request_stop(session: Session, job_id: int) -> None:
+    session.execute(
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        .values(status=JobStatus.STOPPING)
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"))
-    # Index of the specification this image was found through (scanner limits).
-    spec_position: Mapped[int] = mapped_column(Integer, default=0)
-    # Where to connect, scheme included; ``registry_host`` is the host:port identity.
-    registry_url: Mapped[str] = mapped_column(String(300))
-    registry_host: Mapped[str] = mapped_column(String(255))
-    # The credential of the specification the image was found through ("" for none).
-    credential_id: Mapped[str] = mapped_column(String(128), default="")
-    # The specification's os: only platform images of it are scanned ("" for any).
-    os: Mapped[str] = mapped_column(String(32), default="")
-    repository: Mapped[str] = mapped_column(String(512))
-    tag: Mapped[str] = mapped_column(String(255), default="")
-    digest: Mapped[str] = mapped_column(String(100), default="")
-    status: Mapped[ItemStatus] = mapped_column(enum_column(ItemStatus), default=ItemStatus.PENDING)
-    error: Mapped[str | None] = mapped_column(Text, default=None)
-    # Lease token the item was dispatched under; results under another token are refused.
-    fence: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    queued_at: Mapped[datetime | None] = mapped_column(default=None)
-    started_at: Mapped[datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
-
-class ScanResult(Base):
-    """What one image scan found for one platform image. History is kept;
-    ``is_latest`` marks the current result of each (registry host, repository, tag, platform)."""
-
-    __tablename__ = "scan_results"
-    __table_args__ = (
-        Index("ix_scan_results_latest_order", "is_latest", "registry_host", "repository", "tag"),
+def start_job(
+    session: Session, job_id: int, statuses: Iterable[JobStatus] = (JobStatus.QUEUED,)
+) -> ScanJob | None:
+    """Claim an on-demand job in one of ``statuses``: a queued one taken in its turn, or
+    (with ``RUNNING`` among them) one whose worker went silent."""
+    now = utcnow()
+    stmt = (
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.status.in_(tuple(statuses)))
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=ScanJob.attempts + 1,
+            heartbeat_at=now,
+            started_at=func.coalesce(ScanJob.started_at, now),
+        )
     )
+    if rowcount(session.execute(stmt)) != 1:
+        return None
+    return session.get(ScanJob, job_id, populate_existing=True)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("scan_jobs.id", ondelete="CASCADE"), index=True)
-    image_scan_id: Mapped[int | None] = mapped_column(
-        ForeignKey("image_scans.id", ondelete="SET NULL"), index=True, default=None
+
+def append_job_error(session: Session, job_id: int, message: str) -> None:
+    job = session.get(ScanJob, job_id)
+    if job is not None:
+        job.error = f"{job.error}\n{message}" if job.error else message
+
+
+def stale_jobs(session: Session, statuses: Iterable[JobStatus], older_than: datetime) -> list[int]:
+    stmt = select(ScanJob.id).where(
+        ScanJob.status.in_(tuple(statuses)),
+        func.coalesce(ScanJob.heartbeat_at, ScanJob.published_at, ScanJob.created_at) < older_than,
     )
-    image_id: Mapped[int | None] = mapped_column(
-        ForeignKey("images.id", ondelete="SET NULL"), index=True, default=None
+    return list(session.scalars(stmt))
+
+
+def waiting_on_demand(
+    session: Session, older_than: datetime
+) -> list[tuple[int, str, datetime | None]]:
+    """On-demand jobs queued since before ``older_than`` and not touched since: (id,
+    team, heartbeat) of each, oldest first."""
+    stmt = (
+        select(ScanJob.id, ScanJob.team, ScanJob.heartbeat_at)
+        .where(ScanJob.kind == JobKind.ON_DEMAND, ScanJob.status == JobStatus.QUEUED)
+        .where(func.coalesce(ScanJob.heartbeat_at, ScanJob.created_at) < older_than)
+        .order_by(ScanJob.id)
     )
-    registry_host: Mapped[str] = mapped_column(String(255))
-    repository: Mapped[str] = mapped_column(String(512))
-    tag: Mapped[str] = mapped_column(String(255), default="")
-    digest: Mapped[str] = mapped_column(String(100), default="", index=True)
-    platform: Mapped[str] = mapped_column(String(64), default="")
-    scanned_at: Mapped[datetime] = mapped_column(default=utcnow)
-    err: Mapped[str] = mapped_column(Text, default="")
-    os_distro: Mapped[str] = mapped_column(String(64), default="")
-    os_distro_version: Mapped[str] = mapped_column(String(64), default="")
-    is_latest: Mapped[bool] = mapped_column(Boolean, default=True)
+    return [(job_id, team, seen) for job_id, team, seen in session.execute(stmt)]
 
 
-# At most one current result per tagged platform image; concurrent writers of the
-# same image (a sweep and an on-demand scan) collide here instead of both winning.
-Index(
-    "uq_scan_results_latest",
-    ScanResult.registry_host,
-    ScanResult.repository,
-    ScanResult.tag,
-    ScanResult.platform,
-    unique=True,
-    sqlite_where=text("is_latest"),
-    postgresql_where=text("is_latest"),
-)
+def touch_if_unchanged(session: Session, job_id: int, seen: datetime | None) -> bool:
+    """Claim a stale job for re-publishing: only one reaper wins."""
+    cond = ScanJob.heartbeat_at.is_(None) if seen is None else ScanJob.heartbeat_at == seen
+    stmt = update(ScanJob).where(ScanJob.id == job_id, cond).values(heartbeat_at=utcnow())
+    return rowcount(session.execute(stmt)) == 1
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+def jobs_page(
+    session: Session, *, kind: JobKind | None, offset: int, limit: int
+) -> tuple[Sequence[ScanJob], int]:
+    stmt = select(ScanJob)
+    if kind is not None:
+        stmt = stmt.where(ScanJob.kind == kind)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = session.scalars(stmt.order_by(ScanJob.id.desc()).offset(offset).limit(limit)).all()
+    return page, total
+
+
+def latest_regular_job(session: Session) -> ScanJob | None:
+    """The regular scan running now, else the one that ran last."""
+    regular = ScanJob.kind.in_(REGULAR_KINDS)
+    stmt = select(ScanJob).where(regular, ScanJob.published_at.is_not(None))
+    return session.scalar(stmt.order_by(ScanJob.id.desc()).limit(1))

@@ -38,21 +38,6 @@ class ScheduleTick(Base):
     missed: Mapped[int] = mapped_column(BigInteger, default=0)  # ticks folded into this one
 
 
-class WebhookEvent(Base):
-    """A registry push event already acted on, so replays start nothing."""
-
-    __tablename__ = "webhook_events"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(255), unique=True)
-    source: Mapped[str] = mapped_column(String(32))  # distribution, harbor
-    outcome: Mapped[str] = mapped_column(String(32))  # scanned, ignored, out-of-scope
-    job_id: Mapped[int | None] = mapped_column(
-        ForeignKey("scan_jobs.id", ondelete="SET NULL"), default=None
-    )
-    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-
-
 SCHEDULE_ID = 1  # the one row
 DEFAULT_PERIOD_MS = 86_400_000
 

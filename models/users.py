@@ -1,11 +1,12 @@
-"""Users of the API and the bearer tokens they obtain."""
+"""Users of the API and the bearer tokens they obtain. Callers own the transaction;
+passwords and tokens are hashed outside."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, String, delete, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
 
@@ -30,3 +31,32 @@ class AuthToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+def get_user(session: Session, username: str) -> User | None:
+    return session.scalar(select(User).where(User.username == username))
+
+
+def put_user(session: Session, username: str, password_hash: str, role: str = "admin") -> User:
+    user = get_user(session, username)
+    if user is None:
+        user = User(username=username, password_hash=password_hash, role=role)
+        session.add(user)
+    else:
+        user.password_hash = password_hash
+    session.flush()
+    return user
+
+
+def add_token(session: Session, user: User, token_hash: str, expires_at: datetime) -> None:
+    session.execute(delete(AuthToken).where(AuthToken.expires_at < utcnow()))
+    session.add(AuthToken(token_hash=token_hash, user_id=user.id, expires_at=expires_at))
+
+
+def user_for_token(session: Session, token_hash: str) -> User | None:
+    stmt = (
+        select(User)
+        .join(AuthToken, AuthToken.user_id == User.id)
+        .where(AuthToken.token_hash == token_hash, AuthToken.expires_at > utcnow())
+    )
+    return session.scalar(stmt)

@@ -9,11 +9,27 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, update
+from sqlalchemy import ForeignKey, String, delete, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.schedule import WebhookEvent
+from models.base import Base, rowcount, utcnow
+
+
+class WebhookEvent(Base):
+    """A registry push event already acted on, so replays start nothing."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    source: Mapped[str] = mapped_column(String(32))  # distribution, harbor
+    outcome: Mapped[str] = mapped_column(String(32))  # scanned, ignored, out-of-scope
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("scan_jobs.id", ondelete="SET NULL"), default=None
+    )
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
 
 PENDING = "pending"
 
@@ -39,7 +55,7 @@ def settle_event(session: Session, event_id: str, outcome: str, job_id: int | No
 
 def forget_events(session: Session, before: datetime) -> int:
     """Forget the events received before ``before``; how many."""
-    return session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < before)).rowcount
+    return rowcount(session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < before)))
 
 
 def release_event(session: Session, event_id: str) -> None:

@@ -8,7 +8,7 @@ from redis.exceptions import RedisError
 from core.settings import Settings
 from core.tasks import Publisher, make_celery
 from models.db import make_engine, make_sessionmaker
-from worker.vulndb import ImportReport, import_location
+from worker.vuln_import import ImportReport, import_location
 
 SHOWN_INVALID = 20  # reasons printed; the count covers them all
 

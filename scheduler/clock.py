@@ -2,7 +2,8 @@
 
 Any number of scheduler processes may run. Each wakes at the due time and tries to
 insert the :class:`~models.ScheduleTick` row for it; the unique ``due_at`` lets exactly
-one succeed, and only that one asks :class:`~scheduler.service.Scheduler` for the sweep.
+one succeed, and only that one asks :class:`~scheduler.admission.Admission` for the
+sweep.
 A sweep still running makes the tick ``skipped`` (never queued behind it). After a
 downtime the due times that passed are folded into one catch-up tick.
 """
@@ -18,18 +19,20 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.requester import Requester
 from core.settings import Settings
 from models import ScanSchedule
 from models import schedule as store
 from models.base import utcnow
 from models.db import transaction
+from scheduler.admission import Admission
 from scheduler.cadence import Cadence
 from scheduler.errors import Busy, NoSpecifications, ScanConflict
-from scheduler.service import Scheduler
 
 log = logging.getLogger(__name__)
 
-REQUESTED_BY = "schedule"
+# Who a scheduled sweep is asked by.
+REQUESTER = Requester("schedule", source="schedule")
 BUSY_RETRIES = 3
 
 
@@ -67,12 +70,12 @@ class Clock:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        scheduler: Scheduler,
+        admission: Admission,
         stop: threading.Event,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.scheduler = scheduler
+        self.admission = admission
         self.stop = stop
 
     def run(self) -> None:
@@ -128,7 +131,7 @@ class Clock:
         """Ask for the sweep: (outcome, job id, reason)."""
         for _ in range(BUSY_RETRIES):
             try:
-                job = self.scheduler.request_regular_all(REQUESTED_BY, source="schedule")
+                job = self.admission.request_regular_all(REQUESTER)
             except ScanConflict as exc:
                 return "skipped", None, _running(exc)
             except NoSpecifications as exc:
@@ -162,5 +165,5 @@ def run_clock(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    Clock(settings, wiring.sessions, wiring.scheduler, stop).run()
+    Clock(settings, wiring.sessions, wiring.admission, stop).run()
     return 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from core.reference import ImageRef
+from core.requester import Requester
 from models import webhooks
 from models.db import transaction
+from scheduler.admission import Admission
 from scheduler.errors import OutOfScope
-from scheduler.service import ImageRef, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +35,33 @@ class PushOutcome:
     job_id: int | None = None
 
 
-def accept_push(scheduler: Scheduler, push: Push) -> PushOutcome:
+# Who a push event's scan is asked by.
+REQUESTER = Requester("webhook", source="webhook")
+
+
+def accept_push(admission: Admission, push: Push) -> PushOutcome:
     """Claim the event, then ask for an on-demand scan of the pushed image.
 
     An image outside every specification is recorded and never contacted. When
     asking fails for another reason the claim is dropped, so a redelivery retries.
     """
-    with transaction(scheduler.sessions) as session:
+    with transaction(admission.sessions) as session:
         if not webhooks.claim_event(session, push.event_id, push.source):
             return PushOutcome(DUPLICATE)
     try:
-        job = scheduler.request_on_demand(push.ref, "webhook", source="webhook")
+        job = admission.request_on_demand(push.ref, REQUESTER)
     except OutOfScope as exc:
-        _settle(scheduler, push.event_id, OUT_OF_SCOPE, None)
+        _settle(admission, push.event_id, OUT_OF_SCOPE, None)
         log.info("event=%s out of scope: %s", push.event_id, exc)
         return PushOutcome(OUT_OF_SCOPE)
     except Exception:
-        with transaction(scheduler.sessions) as session:
+        with transaction(admission.sessions) as session:
             webhooks.release_event(session, push.event_id)
         raise
-    _settle(scheduler, push.event_id, SCANNED, job.id)
+    _settle(admission, push.event_id, SCANNED, job.id)
     return PushOutcome(SCANNED, job.id)
 
 
-def _settle(scheduler: Scheduler, event_id: str, outcome: str, job_id: int | None) -> None:
-    with transaction(scheduler.sessions) as session:
+def _settle(admission: Admission, event_id: str, outcome: str, job_id: int | None) -> None:
+    with transaction(admission.sessions) as session:
         webhooks.settle_event(session, event_id, outcome, job_id)

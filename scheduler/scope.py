@@ -7,12 +7,16 @@ glob matching (``fnmatch``), as repositories and tags are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from core.reference import RegistryAddress, parse_registry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.reference import ImageRef, RegistryAddress, parse_registry
 from models import RegistrySpec
+from scheduler.errors import OutOfScope
 
 
 @dataclass(frozen=True)
@@ -96,3 +100,31 @@ def describe_miss(specs: list[Spec], host: str, repository: str, tag: str) -> st
         "covers this repository and tag (check repository, tag and the exclusions in "
         "GET /api/v1/settings/registry)."
     )
+
+
+def load_specs(session: Session) -> list[Spec]:
+    """The configuration, in the order the user wrote it."""
+    rows = session.scalars(select(RegistrySpec).order_by(RegistrySpec.position))
+    return [Spec.from_row(row) for row in rows]
+
+
+def spec_for(specs: list[Spec], ref: ImageRef) -> Spec:
+    """The specification covering ``ref``; :class:`OutOfScope` says why none does."""
+    spec = find_spec(specs, ref.host, ref.repo, ref.tag)
+    if spec is None:
+        raise OutOfScope(describe_miss(specs, ref.host, ref.repo, ref.tag))
+    return spec
+
+
+def split_by_scope(
+    specs: list[Spec], refs: Sequence[ImageRef]
+) -> tuple[list[tuple[ImageRef, Spec]], list[ImageRef]]:
+    """The images some specification covers, each with it, and the others."""
+    inside, outside = [], []
+    for ref in refs:
+        spec = find_spec(specs, ref.host, ref.repo, ref.tag)
+        if spec is None:
+            outside.append(ref)
+        else:
+            inside.append((ref, spec))
+    return inside, outside

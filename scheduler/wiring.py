@@ -1,5 +1,5 @@
 """The one place that builds what a process runs on: database sessions, the Redis client,
-the publisher and the scheduler. The API, the workers and the schedule clock all start
+the publisher, admission and recovery. The API, the workers and the schedule clock all start
 here, so they talk to the same things in the same way."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.settings import Settings
 from core.tasks import Publisher, Sender, make_celery
 from models.db import make_engine, make_sessionmaker
-from scheduler.service import Scheduler
+from scheduler.admission import Admission
+from scheduler.recovery import Recovery
 
 
 @dataclass
@@ -21,7 +22,8 @@ class Wiring:
     sessions: sessionmaker[Session]
     redis: Redis
     publisher: Publisher
-    scheduler: Scheduler
+    admission: Admission
+    recovery: Recovery
 
 
 def wire(settings: Settings, sender: Sender | None = None) -> Wiring:
@@ -32,10 +34,12 @@ def wire(settings: Settings, sender: Sender | None = None) -> Wiring:
     sessions = make_sessionmaker(engine)
     redis = Redis.from_url(settings.redis_url)
     publisher = Publisher(sender if sender is not None else make_celery(settings))
+    admission = Admission(settings, sessions, redis, publisher)
     return Wiring(
         settings=settings,
         sessions=sessions,
         redis=redis,
         publisher=publisher,
-        scheduler=Scheduler(settings, sessions, redis, publisher),
+        admission=admission,
+        recovery=Recovery(settings, sessions, redis, publisher, admission),
     )

@@ -25,9 +25,8 @@ from core import tasks
 from models import ApiToken, ScanJob
 from models.base import utcnow
 from models.db import transaction
-from models.enqueue import IdempotencyKey
-from models.idempotency import WINDOW
-from models.schedule import WebhookEvent
+from models.idempotency import WINDOW, IdempotencyKey
+from models.webhooks import WebhookEvent
 from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.services import RegistryServer

@@ -382,7 +382,7 @@ def test_images_sharing_a_memo_get_the_findings_each_gets_alone():
 
 
 def test_a_rematch_batch_of_an_older_generation_never_shares_the_newer_memo():
-    from worker.vulndb import memo_for
+    from worker.rematch import memo_for
 
     newer = memo_for(10**9)
     assert memo_for(10**9) is newer

@@ -15,14 +15,15 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Finding, Image, VulnChange
-from models import vulndb as store
+from models import vuln_records as store
 from models.db import make_engine, make_sessionmaker, transaction
 from regscan.db import upgrade
 from scanner import osv
 from tests.conftest import _postgres_database, _sqlite_url
 from tests.test_vulns import hit, osv_record
 from worker.housekeeping import prune
-from worker.vulndb import import_location, record_row, rematch_batch
+from worker.rematch import rematch_batch
+from worker.vuln_import import import_location, record_row
 
 FIX = ({"introduced": "0"}, {"fixed": "1.0-2"})
 

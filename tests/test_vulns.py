@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from models import Finding, Image, Tag
-from models import vulndb as store
+from models import vuln_records as store
 from tests.conftest import Api, Stack, wait_for
 from tests.support.images import Pusher
 from tests.support.osv_export import OsvExportServer

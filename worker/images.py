@@ -9,14 +9,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import keys
-from models import Image, ImageScan, ItemStatus, JobKind, JobStatus
-from models import services as svc
+from models import Image, ImageScan, ItemStatus, JobKind, JobStatus, image_scans, jobs, results
 from models.db import transaction
+from models.fencing import Fenced, finish_item, finish_job
 from scanner.errors import ScanError, ScanStopped
 from scanner.images import PlatformImage, resolve_image
 from scanner.layers import Inventory
 from scanner.packages import ANALYSER_VERSION
-from worker import vulndb
+from worker import rematch
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
 
@@ -30,7 +30,7 @@ WRITE_TRIES = 3
 def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True) -> None:
     """Scan one item of a job. A stale or duplicate message returns without effect."""
     with transaction(rt.sessions) as session:
-        item = svc.claim_item(session, item_id, attempt)
+        item = image_scans.claim_item(session, item_id, attempt)
     if item is None:
         log.info("image_scan=%s attempt=%s is stale; skipped", item_id, attempt)
         return
@@ -47,23 +47,28 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
         _write(rt, item, attempt, ItemStatus.DONE, found)
 
 
-def scan_on_demand(rt: Runtime, job_id: int) -> None:
-    """Run an on-demand job: its one image, with no stop checks (it cannot be stopped)."""
+def scan_on_demand(rt: Runtime, job_id: int, *, again: bool = False) -> None:
+    """Run an on-demand job: its one image, with no stop checks (it cannot be stopped).
+
+    A job runs only if it is still queued, so one that reached the queue twice runs
+    once; ``again`` also takes a running one, which recovery handed back because its
+    worker went silent."""
+    statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if again else (JobStatus.QUEUED,)
     with transaction(rt.sessions) as session:
-        job = svc.start_job(session, job_id)
+        job = jobs.start_job(session, job_id, statuses)
         if job is None or job.kind is not JobKind.ON_DEMAND:
             return
-        svc.reset_in_flight(session, job_id)
-        handed = svc.queue_items(session, job_id, None, 1, None)
+        image_scans.reset_in_flight(session, job_id)
+        handed = image_scans.queue_items(session, job_id, None, 1, None)
     for item_id, attempt in handed:
         scan_item(rt, item_id, attempt, stoppable=False)
     with transaction(rt.sessions) as session:
-        counts = svc.item_counts(session, job_id)
+        counts = image_scans.item_counts(session, job_id)
         failed = counts.get(ItemStatus.FAILED, 0) > 0
-        svc.finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
+        finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
         if failed:
-            svc.append_job_error(session, job_id, _item_errors(session, job_id))
-    rt.scheduler.job_ended(job_id)
+            jobs.append_job_error(session, job_id, _item_errors(session, job_id))
+    rt.admission.job_ended(job_id)
 
 
 Found = list[tuple[PlatformImage, Inventory | None]]
@@ -114,25 +119,27 @@ def _write(
     for _ in range(WRITE_TRIES):
         try:
             with transaction(rt.sessions) as session:
-                svc.serialize_tag_writers(session, item)
+                results.serialize_tag_writers(session, item)
                 error = found if isinstance(found, str) else None
-                svc.finish_item(session, item, attempt, status, error)
+                finish_item(session, item, attempt, status, error)
                 if isinstance(found, list):
                     first = found[0][0]
                     tag_digest = first.index_digest or first.digest
-                    results = svc.record_results(session, item, found, tag_digest, ANALYSER_VERSION)
+                    stored = results.record_results(
+                        session, item, found, tag_digest, ANALYSER_VERSION
+                    )
                     # Findings in the same transaction: a result is never seen without them.
-                    for image_id in {r.image_id for r in results if r.image_id is not None}:
-                        vulndb.match_image(session, session.get_one(Image, image_id))
+                    for image_id in {r.image_id for r in stored if r.image_id is not None}:
+                        rematch.match_image(session, session.get_one(Image, image_id))
                 elif error is not None:
-                    svc.record_failure(session, item, error)
+                    results.record_failure(session, item, error)
             return
         except (IntegrityError, OperationalError) as exc:
             # A concurrent writer won a race (or the database broke a deadlock): the
             # transaction was rolled back whole, so writing again is safe.
             log.info("image_scan=%s writing again after: %s", item.id, exc.__class__.__name__)
             continue
-        except svc.Fenced as exc:
+        except Fenced as exc:
             log.warning("image_scan=%s result dropped: %s", item.id, exc)
             return
     if status is not ItemStatus.FAILED:
@@ -157,5 +164,5 @@ def _no_checkpoint() -> None:
 
 
 def _item_errors(session: Session, job_id: int) -> str:
-    items = session.query(ImageScan).filter_by(job_id=job_id, status=ItemStatus.FAILED)
+    items = image_scans.failed_items(session, job_id)
     return "\n".join(f"{i.repository}:{i.tag or i.digest}: {i.error}" for i in items)

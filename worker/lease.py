@@ -10,8 +10,8 @@ import threading
 from redis.exceptions import LockError
 
 from core import keys
-from models import services as svc
 from models.db import transaction
+from models.fencing import Fenced, fence
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ class Lease:
             try:
                 self._lock.reacquire()  # back to the full TTL
                 with transaction(self.rt.sessions) as session:
-                    svc.fence(session, self.job_id, self.token)
-            except (LockError, svc.Fenced) as exc:
+                    fence(session, self.job_id, self.token)
+            except (LockError, Fenced) as exc:
                 log.error("job=%s lease lost: %s", self.job_id, exc)
                 self._lost.set()
                 return

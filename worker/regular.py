@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from core import keys
-from models import ItemStatus, JobKind, JobStatus, ScanJob
-from models import services as svc
+from models import ItemStatus, JobKind, JobStatus, ScanJob, image_scans, jobs
+from models.base import older_than
 from models.db import transaction
+from models.fencing import Fenced, claim_regular, fence, finish_job
+from models.image_scans import IN_FLIGHT, item_fields
 from scanner.errors import ScanError
 from scanner.images import newest_first
 from scanner.registry import RegistryClient
-from scheduler.scope import Spec
-from scheduler.service import load_specs
+from scheduler.scope import Spec, load_specs
 from worker.lease import Lease
 from worker.runtime import Runtime
 
@@ -46,18 +47,18 @@ def run_regular_scan(rt: Runtime, job_id: int) -> str:
         return BUSY if job.status is JobStatus.QUEUED else DONE
     try:
         with transaction(rt.sessions) as session:
-            claimed = svc.claim_regular(session, job_id, lease.token)
+            claimed = claim_regular(session, job_id, lease.token)
         if claimed is None:
             return DONE
         log.info("job=%s started token=%s attempt=%s", job_id, lease.token, claimed.attempts)
         lease.start_heartbeat()
         Sweep(rt, claimed, lease).run()
-        rt.scheduler.job_ended(job_id)
-    except svc.Fenced as exc:
+        rt.admission.job_ended(job_id)
+    except Fenced as exc:
         log.warning("job=%s gave up: %s", job_id, exc)
     finally:
         lease.release()
-    rt.scheduler.start_next_waiting()
+    rt.admission.start_next_waiting()
     return DONE
 
 
@@ -80,7 +81,7 @@ class Sweep:
 
     def stop_requested(self) -> bool:
         if self.lease.lost:
-            raise svc.Fenced(f"job {self.job.id}: lease lost")
+            raise Fenced(f"job {self.job.id}: lease lost")
         return bool(self.rt.redis.exists(keys.stop_flag(self.job.id)))
 
     # -- discovery ----------------------------------------------------------------
@@ -106,16 +107,7 @@ class Sweep:
                 if self.stop_requested():
                     return
                 for tag in self._tags(client, spec, repo):
-                    yield {
-                        "spec_position": spec.position,
-                        "registry_url": spec.address.base_url,
-                        "credential_id": spec.credential_id,
-                        "os": spec.os,
-                        "registry_host": spec.address.host,
-                        "repository": repo,
-                        "tag": tag,
-                        "digest": "",
-                    }
+                    yield item_fields(spec, repo, tag)
 
     def _repositories(self, client: RegistryClient, spec: Spec) -> Iterator[str]:
         if not spec.lists_catalog:
@@ -133,20 +125,20 @@ class Sweep:
 
     def _checkpoint(self) -> None:
         if self.lease.lost:
-            raise svc.Fenced(f"job {self.job.id}: lease lost")
+            raise Fenced(f"job {self.job.id}: lease lost")
 
     def _save(self, batch: list[dict[str, Any]], final: bool = False) -> None:
         with transaction(self.rt.sessions) as session:
-            svc.fence(session, self.job.id, self.token)
-            svc.add_items(session, self.job.id, batch)
+            fence(session, self.job.id, self.token)
+            image_scans.add_items(session, self.job.id, batch)
             if final:
-                svc.set_total(session, self.job.id)
+                image_scans.set_total(session, self.job.id)
 
     def _note(self, message: str) -> None:
         log.warning("job=%s %s", self.job.id, message)
         with transaction(self.rt.sessions) as session:
-            svc.fence(session, self.job.id, self.token)
-            svc.append_job_error(session, self.job.id, message)
+            fence(session, self.job.id, self.token)
+            jobs.append_job_error(session, self.job.id, message)
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -154,10 +146,10 @@ class Sweep:
         stuck_after = self.rt.settings.stuck_image_seconds
         while not self.stop_requested():
             with transaction(self.rt.sessions) as session:
-                svc.fence(session, self.job.id, self.token)
-                svc.requeue_stuck_items(session, self.job.id, svc.older_than(stuck_after))
-                in_flight = svc.in_flight_by_spec(session, self.job.id)
-                pending = svc.pending_by_spec(session, self.job.id)
+                fence(session, self.job.id, self.token)
+                image_scans.requeue_stuck_items(session, self.job.id, older_than(stuck_after))
+                in_flight = image_scans.in_flight_by_spec(session, self.job.id)
+                pending = image_scans.pending_by_spec(session, self.job.id)
                 if not in_flight and not pending:
                     self._finish(session, JobStatus.COMPLETED)
                     return
@@ -175,7 +167,7 @@ class Sweep:
         for position in pending:
             room = scanners.get(position, 1) - in_flight.get(position, 0)
             if room > 0:
-                handed += svc.queue_items(session, self.job.id, position, room, self.token)
+                handed += image_scans.queue_items(session, self.job.id, position, room, self.token)
         return handed
 
     def _publish(self, item_id: int, attempt: int) -> None:
@@ -186,25 +178,25 @@ class Sweep:
     def stop(self) -> None:
         """No new images; images in flight end at their next checkpoint (bounded wait)."""
         with transaction(self.rt.sessions) as session:
-            svc.fence(session, self.job.id, self.token)
-            svc.skip_items(session, self.job.id, [ItemStatus.PENDING])
+            fence(session, self.job.id, self.token)
+            image_scans.skip_items(session, self.job.id, [ItemStatus.PENDING])
         deadline = time.monotonic() + self.rt.settings.stop_grace_seconds
         while time.monotonic() < deadline and not self.lease.lost:
             with self.rt.sessions() as session:
-                if not svc.in_flight_by_spec(session, self.job.id):
+                if not image_scans.in_flight_by_spec(session, self.job.id):
                     break
             time.sleep(POLL_SECONDS)
         with transaction(self.rt.sessions) as session:
-            svc.skip_items(session, self.job.id, svc.IN_FLIGHT)
+            image_scans.skip_items(session, self.job.id, IN_FLIGHT)
             # A stop that arrives after discovery, when every image is already done,
             # left nothing out: the scan is complete.
-            left_out = svc.item_counts(session, self.job.id).get(ItemStatus.SKIPPED, 0)
+            left_out = image_scans.item_counts(session, self.job.id).get(ItemStatus.SKIPPED, 0)
             job = session.get(ScanJob, self.job.id, populate_existing=True)
             complete = job is not None and job.discovered_at is not None and not left_out
             self._finish(session, JobStatus.COMPLETED if complete else JobStatus.STOPPED)
         self.rt.redis.delete(keys.stop_flag(self.job.id))
 
     def _finish(self, session: Any, status: JobStatus) -> None:
-        svc.finish_job(session, self.job.id, self.token, status)
+        finish_job(session, self.job.id, self.token, status)
         kind = "all" if self.job.kind is JobKind.REGULAR_ALL else "image"
         log.info("job=%s kind=regular-%s finished status=%s", self.job.id, kind, status.value)

@@ -1,5 +1,6 @@
-"""What a worker process holds once: settings, database sessions, Redis, the scheduler,
-and the registry credentials in use (decrypted, briefly cached, never logged)."""
+"""What a worker process holds once: settings, database sessions, Redis, the publisher,
+admission and recovery (from :func:`scheduler.wiring.wire`), and the registry
+credentials in use (decrypted, briefly cached, never logged)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from models import credentials as credential_store
 from scanner.auth import RegistryAuth
 from scanner.errors import ScanError
 from scanner.registry import RegistryClient
-from scheduler.service import Scheduler
+from scheduler.admission import Admission
+from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire
 
 CREDENTIAL_CACHE_SECONDS = 60.0
@@ -104,7 +106,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     redis: Redis
     publisher: Publisher
-    scheduler: Scheduler
+    admission: Admission
+    recovery: Recovery
     auths: RegistryAuths = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,7 +116,7 @@ class Runtime:
     @classmethod
     def wired(cls, wiring: Wiring) -> Runtime:
         w = wiring
-        return cls(w.settings, w.sessions, w.redis, w.publisher, w.scheduler)
+        return cls(w.settings, w.sessions, w.redis, w.publisher, w.admission, w.recovery)
 
     def registry_client(self, base_url: str, credential_id: str = "") -> RegistryClient:
         """A client for one registry, authenticated with the credential if one is named.

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import random
-import socket
-import threading
-from collections.abc import Callable
 
 import requests
 from celery.signals import worker_ready, worker_shutdown
 
 from core import fair
-from worker import callbacks, housekeeping, images, regular, vulndb
+from worker import callbacks, images, regular, rematch
 from worker.app import app
-from worker.runtime import Runtime, get_runtime
-
-log = logging.getLogger(__name__)
+from worker.periodic import PeriodicPasses
+from worker.runtime import get_runtime
 
 CALLBACK_RETRIES = 5
-# How long a stopping worker waits for its periodic pass to finish.
-REAPER_JOIN_SECONDS = 15
 
 
 @app.task(name="regscan.run_regular_scan", bind=True, max_retries=None)
@@ -40,7 +32,8 @@ def scan_image(item_id: int, attempt: int) -> None:
 
 @app.task(name="regscan.scan_on_demand")
 def scan_on_demand(job_id: int) -> None:
-    images.scan_on_demand(get_runtime(), job_id)
+    """An on-demand job handed back by recovery: its worker went silent."""
+    images.scan_on_demand(get_runtime(), job_id, again=True)
 
 
 @app.task(name="regscan.scan_on_demand_next")
@@ -53,8 +46,8 @@ def scan_on_demand_next() -> None:
 
 
 @app.task(name="regscan.rematch")
-def rematch() -> None:
-    vulndb.rematch(get_runtime())
+def rematch_next() -> None:
+    rematch.rematch_next(get_runtime())
 
 
 # Transient failures back off exponentially (1 s, 2 s, 4 s, ... at most 10 min) with full
@@ -73,51 +66,16 @@ def deliver_callback(self, job_id: int) -> None:
     callbacks.deliver(get_runtime(), job_id, attempt=self.request.retries + 1)
 
 
-# -- the reaper: every worker looks for scans whose worker died ----------------------
+# -- the periodic passes: started when the worker is ready, stopped with it ----------
 
-_reaper_stop = threading.Event()
-_reaper: threading.Thread | None = None
-_NODE = f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _reap(rt: Runtime) -> None:
-    handled = rt.scheduler.reap()
-    if handled:
-        log.warning("reaper took up jobs %s", handled)
-
-
-# Each pass on its own: one that fails is logged and the others still run.
-_PASSES: tuple[tuple[str, Callable[[Runtime], object]], ...] = (
-    ("reaper", _reap),
-    ("vulnerability data", lambda rt: vulndb.periodic(rt, _NODE)),
-    ("lost callbacks", lambda rt: rt.scheduler.resend_lost_callbacks()),
-    ("housekeeping", lambda rt: housekeeping.periodic(rt, _NODE)),
-)
-
-
-def _reap_forever() -> None:
-    rt = get_runtime()
-    while True:
-        for name, run in _PASSES:
-            try:
-                run(rt)
-            except Exception:
-                log.exception("%s pass failed", name)
-        if _reaper_stop.wait(rt.settings.reaper_seconds):
-            return
+_passes = PeriodicPasses(get_runtime)
 
 
 @worker_ready.connect
-def _start_reaper(**_kwargs: object) -> None:
-    global _reaper
-    _reaper = threading.Thread(target=_reap_forever, name="reaper", daemon=True)
-    _reaper.start()
+def _start_passes(**_kwargs: object) -> None:
+    _passes.start()
 
 
 @worker_shutdown.connect
-def _stop_reaper(**_kwargs: object) -> None:
-    # Let a pass in progress finish: one cut off inside the admission lock would leave
-    # the lock held until it expires, and scan requests refused meanwhile.
-    _reaper_stop.set()
-    if _reaper is not None:
-        _reaper.join(timeout=REAPER_JOIN_SECONDS)
+def _stop_passes(**_kwargs: object) -> None:
+    _passes.stop()

@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
+from api.deps import RawBody, State, User
 from api.errors import ApiError
 from api.schemas import RegistrySettings, Specification, parse_json_body
-from api.state import RawBody, State, User
 from core.reference import parse_registry
+from core.requester import Requester
 from core.secrets import webhook_secret
 from core.views import job_view
 from models import RegistrySpec
@@ -113,7 +114,7 @@ def _maybe_scan(state: State, user: str, later: bool) -> dict[str, Any]:
     if later:
         return {"scan": None}
     try:
-        job = state.scheduler.request_regular_all(user, source="settings")
+        job = state.admission.request_regular_all(Requester(user, source="settings"))
     except SchedulerError as exc:
         return {"scan": None, "scanNotStarted": str(exc)}
     return {"scan": job_view(job)}

@@ -1,10 +1,13 @@
-"""Vulnerability data and what it says about stored images. Callers own the transaction.
+"""Vulnerability data: OSV records, the packages each one names, where they came from,
+and a generation counter with the log of what each generation changed.
 
-Records are upserted by id and replaced only by a newer ``modified``; each import that
-changed anything bumps ``VulnDbState.generation`` once, and an image whose
+``VulnRecord`` keeps each OSV record whole; ``VulnPackage`` indexes the packages it
+affects so matching only reads the records that can concern a package. Records are
+upserted by id and replaced only by a newer ``modified``; each import that changed
+anything bumps ``VulnDbState.generation`` once, and an image whose
 ``matched_generation`` is older is due for re-matching. ``VulnChange`` rows say which
 (ecosystem, package) pairs each generation changed, so that re-matching an image matches
-again only its packages among them.
+again only its packages among them. Callers own the transaction.
 """
 
 from __future__ import annotations
@@ -14,26 +17,98 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from models.base import utcnow
-from models.images import Image
-from models.vulns import (
-    Finding,
-    ImagePackage,
-    VulnChange,
-    VulnDbState,
-    VulnPackage,
-    VulnRecord,
-    VulnSource,
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    func,
+    select,
+    update,
 )
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.base import Base, rowcount, utcnow
+from models.images import Image, matched_before
 
 STATE_ID = 1
-# A package as findings name it: (packageType, packageName, packageVersion).
-PackageKey = tuple[str, str, str]
 IN_CHUNK = 500  # values per IN (...) list, well under every backend's parameter limit
+
+
+class VulnSource(Base):
+    """A configured place vulnerability data comes from: a file, a folder, a URL."""
+
+    __tablename__ = "vuln_sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    location: Mapped[str] = mapped_column(String(1024), unique=True)
+    etag: Mapped[str] = mapped_column(String(255), default="")
+    last_modified: Mapped[str] = mapped_column(String(64), default="")
+    refreshed_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    records: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class VulnRecord(Base):
+    __tablename__ = "vuln_records"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # OSV id
+    modified: Mapped[datetime] = mapped_column()
+    published: Mapped[datetime | None] = mapped_column(default=None)
+    withdrawn: Mapped[datetime | None] = mapped_column(default=None)
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    source_id: Mapped[int | None] = mapped_column(
+        ForeignKey("vuln_sources.id", ondelete="SET NULL"), default=None, index=True
+    )
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VulnPackage(Base):
+    """One (ecosystem, package) a record affects, e.g. ("Debian:12", "openssl")."""
+
+    __tablename__ = "vuln_packages"
+    __table_args__ = (Index("ix_vuln_packages_ecosystem_name", "ecosystem", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    record_id: Mapped[str] = mapped_column(
+        ForeignKey("vuln_records.id", ondelete="CASCADE"), index=True
+    )
+    ecosystem: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(512))
+
+
+class VulnChange(Base):
+    """An (ecosystem, package) whose records an import added, replaced or withdrew.
+
+    ``generation`` is the data generation the change took effect in, or NULL while the
+    import writing it is still running (the import that bumps the generation next claims
+    it). An image's findings for the packages a change does not name are the same after
+    it, so re-matching matches again only the packages it names.
+    """
+
+    __tablename__ = "vuln_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
+    ecosystem: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(512))
+
+
+class VulnDbState(Base):
+    """One row: a counter bumped whenever the vulnerability data changes. An image whose
+    ``matched_generation`` is older is re-matched."""
+
+    __tablename__ = "vulndb_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    changed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 @dataclass(frozen=True)
@@ -121,7 +196,7 @@ def forget_changes(session: Session) -> int:
     if oldest is None:  # no image matched yet: each will be matched in full
         oldest = current_generation(session)
     stmt = delete(VulnChange).where(VulnChange.generation <= oldest)
-    return session.execute(stmt).rowcount or 0
+    return rowcount(session.execute(stmt))
 
 
 # -- records -----------------------------------------------------------------------------
@@ -168,7 +243,7 @@ def store_records(
 
 def _stored_packages(session: Session, ids: list[str]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         stmt = select(VulnPackage.ecosystem, VulnPackage.name).where(
             VulnPackage.record_id.in_(chunk)
         )
@@ -178,7 +253,7 @@ def _stored_packages(session: Session, ids: list[str]) -> set[tuple[str, str]]:
 
 def _stored_modified(session: Session, ids: list[str]) -> dict[str, datetime]:
     found: dict[str, datetime] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         stmt = select(VulnRecord.id, VulnRecord.modified).where(VulnRecord.id.in_(chunk))
         found.update({record_id: modified for record_id, modified in session.execute(stmt)})
     return found
@@ -205,7 +280,7 @@ def records_naming(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[s
     """Ids of the records that name each (ecosystem, name) pair; pairs no record names
     are left out."""
     found: dict[tuple[str, str], set[str]] = {}
-    for chunk in _chunks(sorted({name for _eco, name in keys})):
+    for chunk in chunks(sorted({name for _eco, name in keys})):
         stmt = select(VulnPackage.record_id, VulnPackage.ecosystem, VulnPackage.name).where(
             VulnPackage.name.in_(chunk)
         )
@@ -218,7 +293,7 @@ def records_naming(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[s
 def records_by_id(session: Session, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The records (as OSV JSON) with these ids, withdrawn ones left out."""
     records: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(sorted(ids)):
+    for chunk in chunks(sorted(ids)):
         stmt = select(VulnRecord.id, VulnRecord.record).where(
             VulnRecord.id.in_(chunk), VulnRecord.withdrawn.is_(None)
         )
@@ -226,7 +301,7 @@ def records_by_id(session: Session, ids: Iterable[str]) -> dict[str, dict[str, A
     return records
 
 
-def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+def chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(values), IN_CHUNK):
         yield values[start : start + IN_CHUNK]
 
@@ -281,7 +356,7 @@ def summary(session: Session) -> dict[str, Any]:
         "withdrawn": _count(session, VulnRecord.id, VulnRecord.withdrawn.is_not(None)),
         "generation": generation,
         "changed_at": state.changed_at if state else None,
-        "images_due": _count(session, Image.id, _due(generation)),
+        "images_due": _count(session, Image.id, matched_before(generation)),
     }
 
 
@@ -293,86 +368,3 @@ def _records_per_ecosystem(session: Session) -> dict[str, int]:
 
 def _count(session: Session, column: Any, *where: Any) -> int:
     return session.scalar(select(func.count(column)).where(*where)) or 0
-
-
-# -- images ---------------------------------------------------------------------------------
-
-
-def set_image_packages(session: Session, image_id: int, packages: Sequence[dict[str, Any]]) -> None:
-    """Replace the per-package rows of an image's inventory."""
-    session.execute(delete(ImagePackage).where(ImagePackage.image_id == image_id))
-    session.add_all(
-        ImagePackage(
-            image_id=image_id,
-            type=p["type"],
-            name=p["name"],
-            version=p["version"],
-            source_name=p.get("source_name") or "",
-        )
-        for p in packages
-    )
-
-
-def _due(generation: int) -> Any:
-    """Images with an inventory whose findings predate ``generation``."""
-    return Image.analyser_version.is_not(None) & or_(
-        Image.matched_generation.is_(None), Image.matched_generation < generation
-    )
-
-
-def images_due(session: Session, generation: int, limit: int) -> list[Image]:
-    """Up to ``limit`` images due for re-matching, row-locked (PostgreSQL); images another
-    worker is re-matching right now are skipped rather than waited for."""
-    stmt = (
-        select(Image)
-        .where(_due(generation))
-        .order_by(Image.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(stmt))
-
-
-def any_due(session: Session) -> bool:
-    generation = current_generation(session)
-    return session.scalar(select(Image.id).where(_due(generation)).limit(1)) is not None
-
-
-def replace_findings(
-    session: Session,
-    image: Image,
-    findings: Sequence[dict[str, Any]],
-    generation: int,
-    *,
-    only: set[PackageKey] | None = None,
-) -> None:
-    """An image's findings replaced, all of them or with ``only`` those of these
-    packages, and the generation they were matched against."""
-    stmt = delete(Finding).where(Finding.image_id == image.id)
-    if only is None:
-        session.execute(stmt)
-    else:
-        columns = tuple_(Finding.package_type, Finding.package_name, Finding.package_version)
-        for chunk in _chunks(sorted(only)):
-            session.execute(stmt.where(columns.in_(chunk)))
-    if findings:
-        # One multi-row INSERT rather than an ORM object per finding: an image can have
-        # hundreds, and re-matching writes them for every image of the fleet.
-        session.execute(
-            insert(Finding.__table__),
-            [
-                {
-                    "image_id": image.id,
-                    "vuln_id": f["cve"],
-                    "package_type": f["packageType"],
-                    "package_name": f["packageName"],
-                    "package_version": f["packageVersion"],
-                    "severity": f["severity"],
-                    "cvss": f["cvss"],
-                    "detail": f,
-                }
-                for f in findings
-            ],
-        )
-    image.matched_generation = generation
-    session.flush()

@@ -8,9 +8,9 @@ from fastapi import APIRouter
 from pydantic import StrictInt, StrictStr
 from sqlalchemy.orm import Session
 
+from api.deps import RawBody, State, User
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
-from api.state import RawBody, State, User
 from core.settings import Settings
 from core.views import ts
 from models import ScanSchedule, ScheduleTick

@@ -1,4 +1,5 @@
-"""Vulnerability data in the service: imports, matching stored inventories, refreshes.
+"""Matching stored inventories against the vulnerability data, and re-matching them when
+the data changes.
 
 Matching reads only what scans stored (an image's inventory and OS); it never downloads
 a blob or asks a registry anything, so re-matching the whole fleet after the data
@@ -9,24 +10,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import keys
-from models import Image
-from models import vulndb as store
+from models import Image, findings, vuln_records
 from models.base import utcnow
 from models.db import transaction
 from scanner import matching, osv
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
-IMPORT_CHUNK = 500  # records written per transaction, so SQLite writers are not held long
 # Bounds of a process's match memo; past either it starts again empty. Measured with the
 # re-match benchmark's data: 1.5 KB per parsed record, 0.7 KB per package's findings.
 MEMO_RECORDS = 20_000
@@ -34,133 +29,6 @@ MEMO_TARGETS = 50_000
 # Past this many changed packages since an image's match, it is matched again without
 # comparing: a first import or a full refresh changes everything anyway.
 CHANGED_KEYS_LIMIT = 20_000
-
-
-@dataclass
-class ImportReport:
-    """What one import read and changed."""
-
-    location: str
-    by_ecosystem: Counter[str] = field(default_factory=Counter)
-    invalid: list[osv.Invalid] = field(default_factory=list)
-    counts: store.StoreCounts = field(default_factory=store.StoreCounts)
-    withdrawn: int = 0
-    not_modified: bool = False
-    generation: int | None = None  # the new generation, when anything changed
-
-    @property
-    def changed(self) -> bool:
-        return self.counts.changed > 0
-
-    @property
-    def read(self) -> int:
-        return self.counts.added + self.counts.updated + self.counts.unchanged
-
-
-# -- import ----------------------------------------------------------------------------
-
-
-def source_location(location: str) -> str:
-    """How a location is recorded: URLs as given, paths made absolute."""
-    return location if osv.is_url(location) else str(Path(location).expanduser().resolve())
-
-
-def import_location(
-    sessions: sessionmaker[Session], location: str, *, conditional: bool, timeout: float = 60.0
-) -> ImportReport:
-    """Read every record at ``location`` and store the new and newer ones. With
-    ``conditional``, an http(s) source is asked for changes since the last refresh only.
-
-    Raises ``osv.SourceUnavailable`` (also recorded on the source) when it cannot be read.
-    """
-    location = source_location(location)
-    with transaction(sessions) as session:
-        source = store.source_for(session, location)
-        source_id, etag, last_modified = source.id, source.etag, source.last_modified
-    report = ImportReport(location)
-    try:
-        validators = {"etag": etag, "last_modified": last_modified} if conditional else {}
-        with osv.fetch(location, timeout=timeout, **validators) as fetched:
-            if fetched.path is None:
-                report.not_modified = True
-            else:
-                _store_all(sessions, osv.read_records(fetched.path), source_id, report)
-    except (osv.SourceUnavailable, OSError) as exc:
-        with transaction(sessions) as session:
-            store.record_refresh(session, source_id, error=str(exc))
-        if isinstance(exc, osv.SourceUnavailable):
-            raise
-        raise osv.SourceUnavailable(f"{location} cannot be read: {exc}") from None
-    _finish(sessions, source_id, fetched, report)
-    return report
-
-
-def _store_all(
-    sessions: sessionmaker[Session],
-    items: Iterable[osv.Record | osv.Invalid],
-    source_id: int,
-    report: ImportReport,
-) -> None:
-    for chunk in _chunked(items, IMPORT_CHUNK):
-        rows = []
-        for item in chunk:
-            if isinstance(item, osv.Invalid):
-                log.warning("skipped invalid OSV record in %s: %s", item.where, item.reason)
-                report.invalid.append(item)
-                continue
-            report.by_ecosystem.update(item.ecosystems or {"(none)"})
-            report.withdrawn += item.withdrawn is not None
-            rows.append(record_row(item))
-        with transaction(sessions) as session:
-            counts = store.store_records(session, rows, source_id)
-        report.counts.added += counts.added
-        report.counts.updated += counts.updated
-        report.counts.unchanged += counts.unchanged
-
-
-def _finish(
-    sessions: sessionmaker[Session], source_id: int, fetched: osv.Fetched, report: ImportReport
-) -> None:
-    with transaction(sessions) as session:
-        if report.not_modified:
-            store.record_refresh(session, source_id)
-        else:
-            store.record_refresh(
-                session,
-                source_id,
-                etag=fetched.etag,
-                last_modified=fetched.last_modified,
-                records=report.read,
-            )
-        if report.changed:
-            report.generation = store.bump_generation(session)
-
-
-def record_row(record: osv.Record) -> store.RecordRow:
-    """A record as stored, indexed by the (ecosystem, name) pairs matching looks up."""
-    packages = {
-        (a.ecosystem, matching.normalise_name(a.ecosystem, a.name))
-        for a in record.affected
-        if a.ecosystem
-    }
-    return store.RecordRow(
-        id=record.id,
-        modified=record.modified,
-        published=record.published,
-        withdrawn=record.withdrawn,
-        aliases=list(record.aliases),
-        record=record.raw,
-        packages=packages,
-    )
-
-
-def _chunked(items: Iterable[osv.Record | osv.Invalid], size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-# -- matching ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -216,7 +84,7 @@ def match_image(
     leaves the image due for another pass rather than marked current.
     """
     if generation is None:
-        generation = store.current_generation(session)
+        generation = vuln_records.current_generation(session)
     if memo is None or memo.generation != generation:
         memo = MatchMemo(generation)
     return _match(session, image, _targets(image), generation, memo)
@@ -225,7 +93,7 @@ def match_image(
 def current_findings(session: Session, image: Image) -> list[dict]:
     """The image's findings against the data as it is now, matched afresh and not
     stored: what its stored findings must equal once it is current."""
-    memo = MatchMemo(store.current_generation(session))
+    memo = MatchMemo(vuln_records.current_generation(session))
     return _findings(session, _targets(image), memo).findings
 
 
@@ -247,7 +115,7 @@ def _match(
     found: list[matching.Target],
     generation: int,
     memo: MatchMemo,
-    only: set[store.PackageKey] | None = None,
+    only: set[findings.PackageKey] | None = None,
 ) -> int:
     """Match ``found`` and store the findings: all of the image's, or with ``only``, those
     of these packages (the others are kept as they are)."""
@@ -256,7 +124,7 @@ def _match(
         log.info(
             "image=%s: %s ranges skipped (unreadable versions)", image.id, result.unreadable_ranges
         )
-    store.replace_findings(session, image, result.findings, generation, only=only)
+    findings.replace_findings(session, image, result.findings, generation, only=only)
     return len(result.findings)
 
 
@@ -266,7 +134,7 @@ def _candidates(session: Session, keys: set[tuple[str, str]], memo: MatchMemo) -
     naming = memo.naming
     missing = keys - naming.keys()
     if missing:
-        found = store.records_naming(session, missing)
+        found = vuln_records.records_naming(session, missing)
         for key in missing:
             naming[key] = frozenset(found.get(key, ()))
     return set().union(*(naming[key] for key in keys))
@@ -276,7 +144,7 @@ def _records(session: Session, ids: set[str], memo: MatchMemo) -> list[osv.Recor
     """The parsed records with these ids, reading only those not in the memo yet."""
     cache = memo.records
     missing = ids - cache.keys()
-    read = store.records_by_id(session, missing)
+    read = vuln_records.records_by_id(session, missing)
     for rid in missing:
         cache[rid] = _parse(read[rid]) if rid in read else None  # None: withdrawn
     return [record for rid in ids if (record := cache[rid]) is not None]
@@ -311,8 +179,8 @@ def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
     """
     counts = RematchCounts()
     with transaction(sessions) as session:
-        generation = store.current_generation(session)
-        images = store.images_due(session, generation, limit)
+        generation = vuln_records.current_generation(session)
+        images = findings.images_due(session, generation, limit)
         memo = memo_for(generation)
         for image in images:
             found = _targets(image)
@@ -342,7 +210,7 @@ def _changed_since(
     if since is None:
         return None
     if since not in memo.changed:
-        memo.changed[since] = store.changed_since(
+        memo.changed[since] = vuln_records.changed_since(
             session, since, memo.generation, CHANGED_KEYS_LIMIT
         )
     return memo.changed[since]
@@ -352,12 +220,12 @@ def _names_any(target: matching.Target, keys: frozenset[tuple[str, str]]) -> boo
     return any((eco, target.name) in keys for eco in target.ecosystems)
 
 
-def _package(target: matching.Target) -> store.PackageKey:
+def _package(target: matching.Target) -> findings.PackageKey:
     """The package as its findings name it."""
     return (target.package_type, target.package_name, target.package_version)
 
 
-def rematch(rt: Runtime) -> None:
+def rematch_next(rt: Runtime) -> None:
     """One batch of the re-match chain; the next batch is published while images remain."""
     done = rematch_batch(rt.sessions, rt.settings.rematch_batch)
     if done.images:
@@ -372,47 +240,10 @@ def rematch(rt: Runtime) -> None:
         rt.publisher.rematch()
 
 
-# -- the workers' periodic pass ------------------------------------------------------------
-
-
-def periodic(rt: Runtime, node: str) -> None:
-    """Start this period's refresh of the configured sources if no worker has yet, and
-    publish a re-match when stored images were matched against older data."""
-    period_ms = int(rt.settings.vulndb_refresh_seconds * 1000)
-    locations = rt.settings.vulndb_locations
-    if locations and rt.redis.set(keys.VULNDB_REFRESH, node, nx=True, px=period_ms):
-        # A download can take minutes: not on the reaper's own thread.
-        threading.Thread(target=refresh, args=(rt, locations), daemon=True).start()
+def rematch_if_due(rt: Runtime) -> None:
+    """Publish a re-match when stored images were matched against older data (at most
+    once a minute, cluster-wide, however many workers look)."""
     with rt.sessions() as session:
-        due = store.any_due(session)
+        due = findings.any_due(session)
     if due and rt.redis.set(keys.REMATCH_KICK, "1", nx=True, ex=keys.REMATCH_KICK_SECONDS):
         rt.publisher.rematch()
-
-
-def refresh(rt: Runtime, locations: list[str]) -> None:
-    """Import each configured source that changed since its last refresh."""
-    changed = False
-    for location in locations:
-        try:
-            report = import_location(
-                rt.sessions,
-                location,
-                conditional=True,
-                timeout=rt.settings.vulndb_download_timeout,
-            )
-        except osv.SourceUnavailable as exc:
-            log.error("vulnerability data source %s: %s", location, exc)
-            continue
-        except Exception:
-            log.exception("vulnerability data source %s: refresh failed", location)
-            continue
-        log.info("vulnerability data source %s: %s", location, _outcome(report))
-        changed = changed or report.changed
-    if changed:
-        rt.publisher.rematch()
-
-
-def _outcome(report: ImportReport) -> str:
-    if report.not_modified:
-        return "not modified"
-    return f"{report.read} records read, {report.counts.changed} new or newer"

@@ -12,9 +12,9 @@ from fastapi import APIRouter
 from pydantic import Field, StrictStr, field_validator, model_validator
 from sqlalchemy.exc import IntegrityError
 
+from api.deps import Admin, RawBody, State
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
-from api.state import Admin, RawBody, State
 from core.secrets import SecretBox, SecretKeyError, secret_box
 from core.views import ts
 from models import Credential

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.state import State, User
+from api.deps import State, User
 from core.views import ts
 from models import VulnSource
-from models import vulndb as store
+from models import vuln_records as store
 
 router = APIRouter()
 

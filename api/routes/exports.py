@@ -25,10 +25,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 from packageurl import PackageURL
 
+from api.deps import Filter, State, User
 from api.errors import ApiError
-from api.registry import Filter
-from api.state import State, User
-from models import Finding, Image, ScanResult, queries
+from models import Finding, Image, ScanResult, findings, results
+from models.results import ResultFilter
 
 router = APIRouter()
 PAGE = 500
@@ -47,15 +47,15 @@ def download(_user: User, state: State, flt: Filter) -> StreamingResponse:
     return StreamingResponse(_csv_rows(state, flt), media_type="text/csv", headers=headers)
 
 
-def _csv_rows(state: State, flt: queries.ResultFilter) -> Iterator[str]:
+def _csv_rows(state: State, flt: ResultFilter) -> Iterator[str]:
     yield _csv_line(CSV_COLUMNS)
     offset = 0
     while True:
         with state.sessions() as session:
-            rows, _total = queries.latest_results(
+            rows, _total = results.latest_results(
                 session, flt, offset=offset, limit=PAGE, sort=None, reverse=False
             )
-            found = queries.findings_of(session, [i.id for _r, i in rows if i is not None])
+            found = findings.findings_of(session, [i.id for _r, i in rows if i is not None])
             lines = [
                 _csv_line(cells)
                 for result, image in rows
@@ -101,14 +101,14 @@ def _csv_line(cells: list[Any]) -> str:
 def cyclonedx(_user: User, state: State, flt: Filter, platform: str | None = None) -> Response:
     """A CycloneDX 1.6 JSON document of one image: its packages and vulnerabilities."""
     with state.sessions() as session:
-        rows, _total = queries.latest_results(
+        rows, _total = results.latest_results(
             session, flt, offset=0, limit=250, sort=None, reverse=False
         )
         images = [(r, i) for r, i in rows if i is not None]
         if platform is not None:
             images = [(r, i) for r, i in images if i.platform == platform]
         result, image = _one(images)
-        found = queries.findings_of(session, [image.id]).get(image.id, [])
+        found = findings.findings_of(session, [image.id]).get(image.id, [])
         document = JsonV1Dot6(sbom(result, image, found)).output_as_string(indent=2)
     return Response(document, media_type="application/vnd.cyclonedx+json; version=1.6")
 

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 
-from api import enqueue, idempotency, views
+from api import idempotency, views
 from api.auth import Principal
+from api.deps import (
+    Filter,
+    IdempotencyKey,
+    Operator,
+    RawBody,
+    State,
+    User,
+    check_callbacks_enabled,
+    requester,
+)
 from api.errors import ApiError
 from api.schemas import ScanRequest, parse_json_body
-from api.state import Operator, RawBody, State, User
-from core.reference import parse_registry, validate_repository, validate_tag
+from core.reference import parse_registry
 from core.views import job_view, ts
-from models import JobKind, ScanJob, queries
+from models import JobKind, ScanJob, findings, image_scans, images, jobs, results
 
 router = APIRouter()
 
@@ -25,13 +34,13 @@ def start_scan(
     state: State,
     response: Response,
     wait: bool = Query(False, description="Queue behind a running regular scan"),
-    idempotency_key: str | None = enqueue.IdempotencyKey,
+    idempotency_key: str | None = IdempotencyKey,
 ) -> dict[str, Any]:
     payload = parse_json_body(body)
     if payload is not None and not isinstance(payload, dict):
         raise ApiError(400, "request body must be a JSON object, or empty to scan everything")
     request = ScanRequest.model_validate(payload or {})
-    enqueue.check_callbacks_enabled(state, request.callbackUrl)
+    check_callbacks_enabled(state, request.callbackUrl)
     key_hash = idempotency.fingerprint("scan", payload, wait=wait)
     return idempotency.once(
         state,
@@ -44,58 +53,23 @@ def start_scan(
 
 
 def _request_scan(state: State, caller: Principal, request: ScanRequest, wait: bool) -> ScanJob:
-    sched, user = state.scheduler, caller.name
-    owner = {"team": caller.team, "callback_url": request.callbackUrl}
+    admission, who = state.admission, requester(caller, request.callbackUrl)
     if request.tag is None:
-        return sched.request_regular_all(user, wait=wait, **owner)
-    ref = enqueue.image_ref(request.tag)
+        return admission.request_regular_all(who, wait=wait)
     if request.onDemandScan:
-        return sched.request_on_demand(ref, user, **owner)
-    return sched.request_regular_image(ref, user, wait=wait, **owner)
+        return admission.request_on_demand(request.tag, who)
+    return admission.request_regular_image(request.tag, who, wait=wait)
 
 
 @router.post("/registry/stop")
 def stop_scan(_caller: Operator, state: State) -> dict[str, Any]:
-    job = state.scheduler.stop_regular()
+    job = state.admission.stop_regular()
     if job is None:
         return {"stopped": None, "message": "no regular scan is running"}
     return {"stopped": job_view(job), "message": f"regular scan {job.id} is stopping"}
 
 
 SortField = Literal["scanTime", "registry", "repository", "repo", "tag", "id"]
-
-
-def result_filter(
-    name: str | None = Query(None, description="REGISTRY/REPO:TAG"),
-    registry: str | None = None,
-    repository: str | None = None,
-    id: str | None = Query(None, description="image id (config digest) or manifest digest"),
-    cve: str | None = Query(None, description="only images affected by this vulnerability"),
-    package: str | None = Query(None, description="only images holding this package"),
-    packageVersion: str | None = Query(None, description="with package: this version only"),
-) -> queries.ResultFilter:
-    """The filters shared by the result list and its exports."""
-    if packageVersion is not None and package is None:
-        raise ApiError(400, "packageVersion needs package: add ?package=NAME")
-    try:
-        host = parse_registry(registry).host if registry else None
-        tag = None
-        if name:
-            host, repository, tag = _split_name(name)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return queries.ResultFilter(
-        registry=host,
-        repository=repository,
-        tag=tag,
-        image_id=id,
-        cve=cve,
-        package=package,
-        package_version=packageVersion,
-    )
-
-
-Filter = Annotated[queries.ResultFilter, Depends(result_filter)]
 
 
 @router.get("/registry")
@@ -110,12 +84,12 @@ def list_results(
     reverse: bool = False,
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
-        rows, total = queries.latest_results(
+        rows, total = results.latest_results(
             session, flt, offset=offset, limit=limit, sort=sort, reverse=reverse
         )
-        images = [image for _r, image in rows if image is not None]
-        tags = queries.tags_of(session, images)
-        found = queries.findings_of(session, [image.id for image in images])
+        found_images = [image for _r, image in rows if image is not None]
+        tags = images.tags_of(session, found_images)
+        found = findings.findings_of(session, [image.id for image in found_images])
         body = [
             views.result_view(
                 r,
@@ -129,19 +103,6 @@ def list_results(
     return body
 
 
-def _split_name(name: str) -> tuple[str, str, str | None]:
-    """``REGISTRY/REPO[:TAG]`` into its parts; no tag means every tag of the repository."""
-    registry, slash, rest = name.partition("/")
-    if not slash or not rest:
-        raise ValueError(f"name {name!r} is not a full image name: use REGISTRY/REPO:TAG")
-    repo, tag = rest, None
-    last = rest.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = rest.rsplit(":", 1)
-        validate_tag(tag)
-    return parse_registry(registry).host, validate_repository(repo), tag
-
-
 @router.get("/registry/scans")
 def list_scans(
     _user: User,
@@ -152,11 +113,11 @@ def list_scans(
     limit: int = Query(50, ge=1, le=250),
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
-        jobs, total = queries.jobs_page(
+        page, total = jobs.jobs_page(
             session, kind=JobKind(kind) if kind else None, offset=offset, limit=limit
         )
     response.headers["Total-Count"] = str(total)
-    return [job_view(j) for j in jobs]
+    return [job_view(j) for j in page]
 
 
 @router.get("/registry/scans/{job_id}")
@@ -167,8 +128,8 @@ def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
             raise ApiError(
                 404, f"scan {job_id} does not exist; list scans with GET /registry/scans"
             )
-        errors = [views.item_error_view(i) for i in queries.failed_items(session, job_id)]
-        callbacks = enqueue.callback_views(session, job_id)
+        errors = [views.item_error_view(i) for i in image_scans.failed_items(session, job_id)]
+        callbacks = views.callback_views(session, job_id)
     return {**job_view(job), "errors": errors, "callbacks": callbacks}
 
 
@@ -184,13 +145,13 @@ def progress(
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
         if not onDemand:
-            job = queries.latest_regular_job(session)
+            job = jobs.latest_regular_job(session)
             return [_progress_entry(job, "regular")]
         if not repo or not (tag or digest):
             raise ApiError(400, "on-demand progress needs repo and either tag or digest")
         host = parse_registry(registry).host if registry else None
-        jobs = queries.on_demand_jobs_for(session, host, repo, tag, digest)
-        return [_progress_entry(j, "onDemand") for j in jobs]
+        found_jobs = image_scans.on_demand_jobs_for(session, host, repo, tag, digest)
+        return [_progress_entry(j, "onDemand") for j in found_jobs]
 
 
 def _progress_entry(job: ScanJob | None, kind: str) -> dict[str, Any]:
@@ -226,9 +187,11 @@ def _progress_entry(job: ScanJob | None, kind: str) -> dict[str, Any]:
 @router.get("/statuses/registry")
 def registry_status(_user: User, state: State) -> dict[str, Any]:
     with state.sessions() as session:
-        job = queries.latest_regular_job(session)
+        job = jobs.latest_regular_job(session)
         errors = (
-            [views.item_error_view(i) for i in queries.failed_items(session, job.id)] if job else []
+            [views.item_error_view(i) for i in image_scans.failed_items(session, job.id)]
+            if job
+            else []
         )
     return {
         "completed": job is None or job.status.is_final,

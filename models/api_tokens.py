@@ -1,15 +1,33 @@
-"""API tokens of other teams' services. Callers own the transaction; hashing is done outside."""
+"""API tokens of other teams' services: a name, a team and a role. Only a token's SHA-256
+is stored; it is shown once. Callers own the transaction; hashing is done outside."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.base import utcnow
-from models.enqueue import ApiToken
+from models.base import Base, utcnow
+
+
+class ApiToken(Base):
+    """A token for a team's service; only its SHA-256 is stored, it is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    team: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin, operator, viewer
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to recognise it
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
 
 # Writing last_used_at on every request would make each read a write; a minute is enough
 # to tell a token in use from a forgotten one.

@@ -25,21 +25,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
 
+from api.deps import RawBody, State
 from api.errors import ApiError
-from api.state import RawBody, State
-from core.reference import (
-    parse_registry,
-    validate_digest,
-    validate_repository,
-    validate_tag,
-)
+from core.reference import ImageRef, parse_registry
 from core.secrets import webhook_secret
 from core.settings import Settings
 from scanner.registry import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from scheduler import pushes
 from scheduler.pushes import Push
-from scheduler.service import ImageRef
 
 router = APIRouter()
 
@@ -87,7 +82,7 @@ def receive_push(
     counts = {"scanned": 0, "ignored": parsed.ignored, "outOfScope": 0, "duplicate": 0}
     jobs = []
     for push in parsed.pushes:
-        result = pushes.accept_push(state.scheduler, push)
+        result = pushes.accept_push(state.admission, push)
         counts[_COUNT_OF[result.outcome]] += 1
         if result.job_id is not None:
             jobs.append(result.job_id)
@@ -203,13 +198,9 @@ def _checked_ref(host: Any, repo: Any, tag: Any, digest: Any) -> ImageRef | None
     if not all(isinstance(v, str) and v for v in (host, repo, tag)):
         return None
     try:
-        validate_repository(repo)
-        validate_tag(tag)
-        if digest:
-            validate_digest(digest)
-    except (ValueError, TypeError):
+        return ImageRef(registry=host, repo=repo, tag=tag, digest=digest or "")
+    except ValidationError:
         return None
-    return ImageRef(registry=host, repo=repo, tag=tag, digest=digest or "")
 
 
 def _url_host(url: Any) -> str | None:

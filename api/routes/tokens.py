@@ -12,12 +12,12 @@ from fastapi import APIRouter
 from pydantic import Field, StrictStr
 
 from api.auth import new_api_token
+from api.deps import Admin, RawBody, State
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
-from api.state import Admin, RawBody, State
 from core.views import ts
 from models import ApiToken
-from models import tokens as store
+from models import api_tokens as store
 from models.db import transaction
 
 router = APIRouter()

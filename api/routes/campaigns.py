@@ -10,13 +10,14 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import StrictStr, model_validator
 
+from api.deps import Operator, RawBody, State
 from api.errors import ApiError
-from api.schemas import Strict, TagRef, parse_json_body
-from api.state import Operator, RawBody, State
+from api.schemas import Strict, parse_json_body
+from core.reference import ImageRef
+from core.requester import Requester
 from core.views import job_view
-from models import queries
+from models import results
 from scanner import versions
-from scheduler.service import ImageRef
 
 router = APIRouter()
 MAX_SELECTION = 10_000
@@ -26,7 +27,7 @@ _LANGUAGE_SCHEMES = {"python": "pep440", "nodejs": "semver", "go": "go", "jar": 
 
 
 class SelectItem(Strict):
-    tag: TagRef
+    tag: ImageRef
     onDemandScan: bool = False
 
     @model_validator(mode="after")
@@ -62,11 +63,10 @@ def scan_selection(
     if len(payload) > MAX_SELECTION:
         raise ApiError(400, f"a selection holds at most {MAX_SELECTION} images")
     items = [SelectItem.model_validate(x) for x in payload]
-    refs = [ImageRef(i.tag.registry, i.tag.repo, i.tag.tag, i.tag.digest) for i in items]
+    refs = [i.tag for i in items]
     selection = {"images": [ref.as_target() for ref in refs]}
-    job = state.scheduler.request_selection(
-        refs, selection, caller.name, wait=wait, team=caller.team
-    )
+    who = Requester(caller.name, caller.team)
+    job = state.admission.request_selection(refs, selection, who, wait=wait)
     return job_view(job)
 
 
@@ -78,25 +78,18 @@ def scan_campaign(
     query = Campaign.model_validate(parse_json_body(body) or {})
     with state.sessions() as session:
         if query.package is not None:
-            held = queries.holders_of(session, query.package)
+            held = results.holders_of(session, query.package)
             found = {(h.registry_host, h.repository, h.tag) for h in held if _in_range(h, query)}
         else:
-            found = set(queries.affected_by(session, query.vulnerability or ""))
-    refs = [ImageRef(host, repo, tag) for host, repo, tag in sorted(found)]
+            found = set(results.affected_by(session, query.vulnerability or ""))
+    refs = [ImageRef(registry=host, repo=repo, tag=tag) for host, repo, tag in sorted(found)]
     selection = {"query": query.model_dump(exclude_none=True)}
-    job = state.scheduler.request_selection(
-        refs,
-        selection,
-        caller.name,
-        source="campaign",
-        wait=wait,
-        team=caller.team,
-        strict=False,
-    )
+    who = Requester(caller.name, caller.team, source="campaign")
+    job = state.admission.request_selection(refs, selection, who, wait=wait, strict=False)
     return job_view(job)
 
 
-def _in_range(held: queries.HeldPackage, query: Campaign) -> bool:
+def _in_range(held: results.HeldPackage, query: Campaign) -> bool:
     if not (query.introduced or query.fixed):
         return True
     scheme = _scheme(held)
@@ -108,7 +101,7 @@ def _in_range(held: queries.HeldPackage, query: Campaign) -> bool:
         return False  # a version this scheme cannot order is not in any range
 
 
-def _scheme(held: queries.HeldPackage) -> str:
+def _scheme(held: results.HeldPackage) -> str:
     if held.type == "package":
         return _OS_SCHEMES.get(held.os_distro, "rpm")
     return _LANGUAGE_SCHEMES.get(held.type, "semver")
