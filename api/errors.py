@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,7 +33,7 @@ def err(status: int, message: str, headers: dict[str, str] | None = None) -> JSO
     return JSONResponse({"err": message}, status_code=status, headers=headers)
 
 
-def describe_validation(errors: list[dict]) -> str:
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
     """One line per problem: where it is, and what is wrong with it."""
     parts = []
     for e in errors:

@@ -117,7 +117,7 @@ def set_image_packages(session: Session, image_id: int, packages: Sequence[dict[
     )
 
 
-def images_holding(name: str, version: str | None) -> Select[tuple[int]]:
+def images_holding(name: str, version: str | None) -> Select[int]:
     """Ids of the images holding package ``name`` (binary or source name)."""
     stmt = select(ImagePackage.image_id).where(
         or_(ImagePackage.name == name, ImagePackage.source_name == name)

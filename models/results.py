@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, Unpack
 
 from sqlalchemy import (
     Boolean,
@@ -75,36 +75,56 @@ Index(
 )
 
 
+# A SELECT of any columns: filtering keeps what it selects.
+_Selected = TypeVar("_Selected", bound="Select[Unpack[tuple[Any, ...]]]")
+
+
 # -- writing ----------------------------------------------------------------------
 
 
 class PlatformImageLike(Protocol):
-    """What a scanner reports for one platform image (see scanner.images.PlatformImage)."""
+    """What a scanner reports for one platform image (``scanner`` ``PlatformImage``)."""
 
-    digest: str
-    media_type: str
-    platform: str
-    os: str
-    architecture: str
-    created: datetime | None
-    size: int
-    layers: list[Any]
-    config_digest: str
-    index_digest: str | None
+    @property
+    def digest(self) -> str: ...
+    @property
+    def media_type(self) -> str: ...
+    @property
+    def platform(self) -> str: ...
+    @property
+    def os(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def created(self) -> datetime | None: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def layers(self) -> Sequence[Any]: ...
+    @property
+    def config_digest(self) -> str: ...
+    @property
+    def index_digest(self) -> str | None: ...
 
 
 class OSLike(Protocol):
-    distro: str
-    version: str
-    release: str
-    name: str
+    @property
+    def distro(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def release(self) -> str: ...
+    @property
+    def name(self) -> str: ...
 
 
 class InventoryLike(Protocol):
-    """What the layer analysis found in an image (see scanner.layers.Inventory)."""
+    """What the layer analysis found in an image (``scanner`` ``Inventory``)."""
 
-    packages: Sequence[Any]  # scanner.packages.Package, each with to_json()
-    os: OSLike
+    @property
+    def packages(self) -> Sequence[Any]: ...  # scanner Packages, each with to_json()
+    @property
+    def os(self) -> OSLike: ...
 
 
 def serialize_tag_writers(session: Session, item: ImageScan) -> None:
@@ -297,7 +317,7 @@ def latest_results(
     return session.execute(stmt).all(), total
 
 
-def _filtered(stmt: Select[Any], flt: ResultFilter) -> Select[Any]:
+def _filtered(stmt: _Selected, flt: ResultFilter) -> _Selected:
     if flt.registry is not None:
         stmt = stmt.where(ScanResult.registry_host == flt.registry)
     if flt.repository is not None:

@@ -149,7 +149,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
     while not stop["asked"]:
         for child in children:
             if child.poll() is not None:
-                print(f"regscan: {child.args[2:4]} exited ({child.returncode}); stopping")
+                print(f"regscan: {_command(child)} exited ({child.returncode}); stopping")
                 return 1
         time.sleep(0.5)
     print("stopping regscan ...", flush=True)
@@ -200,4 +200,10 @@ def _wait_for(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
 def _fail_if_exited(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+            raise RuntimeError(f"{_command(proc)} exited with {proc.returncode}")
+
+
+def _command(proc: subprocess.Popen[bytes]) -> str:
+    """What a child runs, as a line to print (``regscan.cli api --port 8080``)."""
+    args = proc.args if isinstance(proc.args, list | tuple) else [proc.args]
+    return " ".join(str(a) for a in args[1:])

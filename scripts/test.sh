@@ -2,9 +2,9 @@
 # The project's one test command: bash scripts/test.sh [pytest arguments]
 #
 # On a fresh Debian machine (as root) it installs what the tests need, creates .venv,
-# makes sure a PostgreSQL answers, runs ruff and then pytest. Redis and the registry are
-# started by the tests themselves (tests/support/services.py); only their binaries are
-# needed here.
+# makes sure a PostgreSQL answers, runs ruff, the import contracts and mypy, then pytest.
+# Redis and the registry are started by the tests themselves (testbed/services.py); only
+# their binaries are needed here.
 #
 # Environment:
 #   REGSCAN_TEST_POSTGRES_URL  use this PostgreSQL instead of looking for one
@@ -153,6 +153,10 @@ fi
 # -- checks and tests ----------------------------------------------------------------------
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# The import order of the README's "How it works" (contracts in pyproject.toml).
+.venv/bin/lint-imports --no-cache
+# The type hints of the product code.
+.venv/bin/mypy
 
 status=0
 .venv/bin/python -m pytest "$@" || status=$?

@@ -29,12 +29,13 @@ class Lease:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> bool:
-        """Take the lock without waiting; on success, draw a new fencing token."""
+    def acquire(self) -> int | None:
+        """Take the lock without waiting; on success, draw a new fencing token and return
+        it. None when another holder has the lock."""
         if not self._lock.acquire(blocking=False):
-            return False
+            return None
         self.token = int(self.rt.redis.incr(keys.REGULAR_FENCE))
-        return True
+        return self.token
 
     @property
     def lost(self) -> bool:

@@ -40,17 +40,18 @@ def run_regular_scan(rt: Runtime, job_id: int) -> str:
     if job is None or job.status.is_final:
         return DONE
     lease = Lease(rt, job_id)
-    if not lease.acquire():
+    token = lease.acquire()
+    if token is None:
         # A job that never started waits for the slot; a started one is either run
         # by a live holder (this message is a duplicate) or will be handed over by
         # the reaper once the holder's lock expires.
         return BUSY if job.status is JobStatus.QUEUED else DONE
     try:
         with transaction(rt.sessions) as session:
-            claimed = claim_regular(session, job_id, lease.token)
+            claimed = claim_regular(session, job_id, token)
         if claimed is None:
             return DONE
-        log.info("job=%s started token=%s attempt=%s", job_id, lease.token, claimed.attempts)
+        log.info("job=%s started token=%s attempt=%s", job_id, token, claimed.attempts)
         lease.start_heartbeat()
         Sweep(rt, claimed, lease).run()
         rt.admission.job_ended(job_id)

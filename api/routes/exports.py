@@ -161,7 +161,7 @@ def _add_vulnerability(bom: Bom, f: Finding, affected: list[Component]) -> None:
                 vector=f.detail.get("vecStr") or None,
             )
         )
-    affects = [BomTarget(ref=c.bom_ref.value) for c in affected]
+    affects = [BomTarget(ref=str(c.bom_ref.value)) for c in affected]
     bom.vulnerabilities.add(
         Vulnerability(
             id=f.vuln_id,

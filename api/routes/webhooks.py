@@ -170,7 +170,9 @@ def harbor_pushes(payload: dict[str, Any], host: str | None) -> Notification:
     """One push per tagged resource of a ``PUSH_ARTIFACT`` webhook; other types ignored."""
     found = Notification()
     data = payload.get("event_data")
-    resources = data.get("resources") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        data = {}
+    resources = data.get("resources")
     if payload["type"] != "PUSH_ARTIFACT" or not isinstance(resources, list):
         found.ignored += 1
         return found
