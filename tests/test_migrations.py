@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from models import Base
@@ -109,3 +111,13 @@ def test_images_still_due_at_the_change_log_upgrade_are_matched_in_full(empty_da
         ).all()
     engine.dispose()
     assert [tuple(r) for r in rows] == [("sha256:01", None), ("sha256:02", 2)]
+
+
+def test_migration_files_sort_in_the_order_of_the_chain():
+    # Given the revisions from the first to the newest, as Alembic chains them
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    chain = [Path(rev.path).name for rev in reversed(list(script.walk_revisions()))]
+
+    # Then listing the folder shows them in that order, each numbered
+    assert chain == sorted(chain)
+    assert [name[:5] for name in chain] == [f"{n:04d}_" for n in range(1, len(chain) + 1)]
