@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, Unpack
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -76,7 +76,7 @@ Index(
 
 
 # A SELECT of any columns: filtering keeps what it selects.
-_Selected = TypeVar("_Selected", bound="Select[Unpack[tuple[Any, ...]]]")
+_Selected = TypeVar("_Selected", bound="Select[*tuple[Any, ...]]")
 
 
 # -- writing ----------------------------------------------------------------------
