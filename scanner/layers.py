@@ -28,10 +28,10 @@ from typing import IO, Any, BinaryIO, Protocol
 import zstandard
 
 from scanner.errors import InvalidContent
-from scanner.images import Layer
 from scanner.osinfo import OS_FILES, OSInfo, detect_os
 from scanner.packages import Cataloger, Package
-from scanner.registry import RegistryClient
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import Layer
 
 log = logging.getLogger(__name__)
 

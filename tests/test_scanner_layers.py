@@ -28,7 +28,6 @@ import pytest
 import zstandard
 
 from scanner.errors import InvalidContent, RegistryUnavailable
-from scanner.images import Layer, PlatformImage, resolve_image
 from scanner.layers import (
     FOREIGN_LAYER,
     Inventory,
@@ -39,7 +38,8 @@ from scanner.layers import (
 )
 from scanner.osinfo import OSInfo
 from scanner.packages import OS_PACKAGE, Package
-from scanner.registry import RegistryClient
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import Layer, PlatformImage, resolve_image
 from tests.support.images import Blob, Pusher, make_tar, sha256_digest
 from tests.support.proxy import FaultProxy
 from tests.support.services import RegistryServer

@@ -13,9 +13,9 @@ from models import Image, ImageScan, ItemStatus, JobKind, JobStatus
 from models import services as svc
 from models.db import transaction
 from scanner.errors import ScanError, ScanStopped
-from scanner.images import PlatformImage, resolve_image
 from scanner.layers import Inventory
 from scanner.packages import ANALYSER_VERSION
+from scanner.registry.images import PlatformImage, resolve_image
 from worker import vulndb
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime

@@ -17,10 +17,10 @@ from models import images as images_store
 from models import layers as layer_store
 from models.db import transaction
 from scanner.catalogers import ALL as CATALOGERS
-from scanner.images import Layer, PlatformImage
 from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image
 from scanner.packages import ANALYSER_VERSION
-from scanner.registry import RegistryClient
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import Layer, PlatformImage
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

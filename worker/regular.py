@@ -18,8 +18,8 @@ from models import ItemStatus, JobKind, JobStatus, ScanJob
 from models import services as svc
 from models.db import transaction
 from scanner.errors import ScanError
-from scanner.images import newest_first
-from scanner.registry import RegistryClient
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import newest_first
 from scheduler.scope import Spec
 from scheduler.service import load_specs
 from worker.lease import Lease
