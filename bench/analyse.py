@@ -90,8 +90,8 @@ def timed(argv: list[str]) -> tuple[float, str]:
 
 def child(path: str, digest: str) -> None:
     """Run in a child process: analyse the layer, print what was found and the RSS."""
-    from scanner.catalogers import ALL
-    from scanner.layers import Limits, analyse_layer
+    from scanner.inventory.analysis import Limits, analyse_layer
+    from scanner.inventory.catalogers import ALL
 
     idle_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(path, "rb") as stream:

@@ -28,7 +28,7 @@ import pytest
 import zstandard
 
 from scanner.errors import InvalidContent, RegistryUnavailable
-from scanner.layers import (
+from scanner.inventory.analysis import (
     FOREIGN_LAYER,
     Inventory,
     LayerAnalysis,
@@ -36,8 +36,8 @@ from scanner.layers import (
     analyse_image,
     analyse_layer,
 )
-from scanner.osinfo import OSInfo
-from scanner.packages import OS_PACKAGE, Package
+from scanner.inventory.osinfo import OSInfo
+from scanner.inventory.packages import OS_PACKAGE, Package
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer, PlatformImage, resolve_image
 from tests.support.images import Blob, Pusher, make_tar, sha256_digest
@@ -887,8 +887,8 @@ def test_a_layer_shared_by_two_images_is_downloaded_once(
 _MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from scanner.layers import analyse_layer
-    from scanner.packages import Package
+    from scanner.inventory.analysis import analyse_layer
+    from scanner.inventory.packages import Package
 
     class Counter:
         name = "counter"

@@ -16,9 +16,9 @@ from models import Image
 from models import images as images_store
 from models import layers as layer_store
 from models.db import transaction
-from scanner.catalogers import ALL as CATALOGERS
-from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image
-from scanner.packages import ANALYSER_VERSION
+from scanner.inventory.analysis import Inventory, LayerAnalysis, Limits, analyse_image
+from scanner.inventory.catalogers import ALL as CATALOGERS
+from scanner.inventory.packages import ANALYSER_VERSION
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer, PlatformImage
 from worker.runtime import Runtime

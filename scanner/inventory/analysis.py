@@ -28,8 +28,8 @@ from typing import IO, Any, BinaryIO, Protocol
 import zstandard
 
 from scanner.errors import InvalidContent
-from scanner.osinfo import OS_FILES, OSInfo, detect_os
-from scanner.packages import Cataloger, Package
+from scanner.inventory.osinfo import OS_FILES, OSInfo, detect_os
+from scanner.inventory.packages import Cataloger, Package
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer
 
