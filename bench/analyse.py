@@ -90,8 +90,9 @@ def timed(argv: list[str]) -> tuple[float, str]:
 
 def child(path: str, digest: str) -> None:
     """Run in a child process: analyse the layer, print what was found and the RSS."""
-    from scanner.inventory.analysis import Limits, analyse_layer
+    from scanner.inventory.analysis import analyse_layer
     from scanner.inventory.catalogers import ALL
+    from scanner.inventory.results import Limits
 
     idle_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(path, "rb") as stream:

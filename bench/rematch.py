@@ -81,9 +81,10 @@ from models import Image  # noqa: E402
 from models import vulndb as store  # noqa: E402
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
 from models.vulns import Finding, ImagePackage  # noqa: E402
-from scanner.inventory.analysis import Inventory, LayerAnalysis, Limits, analyse_image  # noqa: E402
+from scanner.inventory.analysis import analyse_image  # noqa: E402
 from scanner.inventory.catalogers import ALL as CATALOGERS  # noqa: E402
 from scanner.inventory.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
+from scanner.inventory.results import Inventory, LayerAnalysis, Limits  # noqa: E402
 from scanner.registry.auth import RegistryAuth  # noqa: E402
 from scanner.registry.client import RegistryClient  # noqa: E402
 from scanner.registry.images import resolve_image  # noqa: E402

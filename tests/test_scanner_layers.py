@@ -28,16 +28,10 @@ import pytest
 import zstandard
 
 from scanner.errors import InvalidContent, RegistryUnavailable
-from scanner.inventory.analysis import (
-    FOREIGN_LAYER,
-    Inventory,
-    LayerAnalysis,
-    Limits,
-    analyse_image,
-    analyse_layer,
-)
+from scanner.inventory.analysis import FOREIGN_LAYER, analyse_image, analyse_layer
 from scanner.inventory.osinfo import OSInfo
 from scanner.inventory.packages import OS_PACKAGE, Package
+from scanner.inventory.results import Inventory, LayerAnalysis, Limits
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer, PlatformImage, resolve_image
 from tests.support.images import Blob, Pusher, make_tar, sha256_digest

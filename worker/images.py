@@ -13,8 +13,8 @@ from models import Image, ImageScan, ItemStatus, JobKind, JobStatus
 from models import services as svc
 from models.db import transaction
 from scanner.errors import ScanError, ScanStopped
-from scanner.inventory.analysis import Inventory
 from scanner.inventory.packages import ANALYSER_VERSION
+from scanner.inventory.results import Inventory
 from scanner.registry.images import PlatformImage, resolve_image
 from worker import vulndb
 from worker.inventory import KnownImages, take_inventory
