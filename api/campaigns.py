@@ -15,7 +15,7 @@ from api.schemas import Strict, TagRef, parse_json_body
 from api.state import Operator, RawBody, State
 from core.views import job_view
 from models import queries
-from scanner import versions
+from scanner.vulns import versions
 from scheduler.service import ImageRef
 
 router = APIRouter()

@@ -88,7 +88,7 @@ from scanner.inventory.results import Inventory, LayerAnalysis, Limits  # noqa: 
 from scanner.registry.auth import RegistryAuth  # noqa: E402
 from scanner.registry.client import RegistryClient  # noqa: E402
 from scanner.registry.images import resolve_image  # noqa: E402
-from scanner.versions import compare  # noqa: E402
+from scanner.vulns.versions import compare  # noqa: E402
 from tests.support.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
 from tests.support.services import (  # noqa: E402
     REGISTRY_BINARY,

@@ -22,7 +22,7 @@ from models import Image
 from models import vulndb as store
 from models.base import utcnow
 from models.db import transaction
-from scanner import matching, osv
+from scanner.vulns import matching, osv
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

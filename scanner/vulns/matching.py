@@ -34,8 +34,8 @@ from typing import Any
 from cvss import CVSS3, CVSS4
 from cvss.exceptions import CVSSError
 
-from scanner.osv import Affected, Event, Range, Record, Severity
-from scanner.versions import InvalidVersion, compare, scheme_for
+from scanner.vulns.osv import Affected, Event, Range, Record, Severity
+from scanner.vulns.versions import InvalidVersion, compare, scheme_for
 
 SEVERITY_ORDER = ("critical", "high", "medium", "low")
 RECENT = timedelta(days=30)
