@@ -8,7 +8,7 @@ from typing import Any
 from core.views import ts
 from models import Finding, Image, ImageScan, ScanResult, Tag
 from models.base import utcnow
-from scanner.vulns.matching import risk_factors
+from scanner.vulns.findings import risk_factors
 
 SEVERITIES = ("critical", "high", "medium", "low")
 
