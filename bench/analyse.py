@@ -4,7 +4,7 @@ Generates a gzip layer of at least 500 MB uncompressed (package databases among
 bulk files), then times, on the same file in the same run:
 
   baseline   gzip -dc layer.tar.gz | tar -t > /dev/null
-  regscan    scanner.layers.analyse_layer with every cataloger, in a child process
+  regscan    scanner.inventory.analysis.analyse_layer with every cataloger, in a child process
 
 and prints the ratio, plus the analysing process's peak RSS against the RSS of the
 same process before it reads anything.
