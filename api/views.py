@@ -11,7 +11,7 @@ from core.views import ts
 from models import Finding, Image, ImageScan, ScanResult, Tag
 from models import callbacks as callback_store
 from models.base import utcnow
-from scanner.matching import risk_factors
+from scanner.vulns.findings import risk_factors
 
 SEVERITIES = ("critical", "high", "medium", "low")
 

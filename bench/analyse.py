@@ -4,7 +4,7 @@ Generates a gzip layer of at least 500 MB uncompressed (package databases among
 bulk files), then times, on the same file in the same run:
 
   baseline   gzip -dc layer.tar.gz | tar -t > /dev/null
-  regscan    scanner.layers.analyse_layer with every cataloger, in a child process
+  regscan    scanner.inventory.analysis.analyse_layer with every cataloger, in a child process
 
 and prints the ratio, plus the analysing process's peak RSS against the RSS of the
 same process before it reads anything.
@@ -90,8 +90,9 @@ def timed(argv: list[str]) -> tuple[float, str]:
 
 def child(path: str, digest: str) -> None:
     """Run in a child process: analyse the layer, print what was found and the RSS."""
-    from scanner.catalogers import ALL
-    from scanner.layers import Limits, analyse_layer
+    from scanner.inventory.analysis import analyse_layer
+    from scanner.inventory.catalogers import ALL
+    from scanner.inventory.results import Limits
 
     idle_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(path, "rb") as stream:

@@ -85,13 +85,14 @@ from models import (  # noqa: E402
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
 from models.findings import Finding  # noqa: E402
 from models.images import ImagePackage  # noqa: E402
-from scanner.auth import RegistryAuth  # noqa: E402
-from scanner.catalogers import ALL as CATALOGERS  # noqa: E402
-from scanner.images import resolve_image  # noqa: E402
-from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image  # noqa: E402
-from scanner.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
-from scanner.registry import RegistryClient  # noqa: E402
-from scanner.versions import compare  # noqa: E402
+from scanner.inventory.analysis import analyse_image  # noqa: E402
+from scanner.inventory.catalogers import ALL as CATALOGERS  # noqa: E402
+from scanner.inventory.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
+from scanner.inventory.results import Inventory, LayerAnalysis, Limits  # noqa: E402
+from scanner.registry.auth import RegistryAuth  # noqa: E402
+from scanner.registry.client import RegistryClient  # noqa: E402
+from scanner.registry.images import resolve_image  # noqa: E402
+from scanner.vulns.versions import compare  # noqa: E402
 from tests.support.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
 from tests.support.services import (  # noqa: E402
     REGISTRY_BINARY,

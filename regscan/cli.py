@@ -125,7 +125,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_vulndb_import(args: argparse.Namespace, settings: Settings) -> int:
     from regscan.vulndb import run_import
-    from scanner.osv import SourceUnavailable
+    from scanner.vulns.osv import SourceUnavailable
 
     _require_schema(settings)
     try:

@@ -15,7 +15,7 @@ SHOWN_INVALID = 20  # reasons printed; the count covers them all
 
 def run_import(settings: Settings, location: str) -> int:
     """Import ``location``, print the report, and ask the workers to re-match stored
-    images if anything changed. Raises ``scanner.osv.SourceUnavailable``."""
+    images if anything changed. Raises ``scanner.vulns.osv.SourceUnavailable``."""
     engine = make_engine(settings.database_url)
     try:
         report = import_location(

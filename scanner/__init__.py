@@ -1,47 +1,16 @@
-"""Talk to a Registry HTTP API v2 and describe the images in it.
+"""The scanner: three plain libraries that turn a registry's images into findings.
 
-A plain library: no Celery, database or settings; callers pass everything in.
+- ``scanner.registry``: the registry client. Talks to a Registry HTTP API v2 (catalog,
+  tags, manifests, blobs, with every digest verified) and resolves a tag or digest to
+  one image per platform.
+- ``scanner.inventory``: the package inventory. Streams an image's layers, reads the
+  package files in them and merges the layers as the final image has them.
+- ``scanner.vulns``: vulnerability matching. Reads OSV records and matches an
+  inventory's packages against them, as findings in the reference shape.
+
+``scanner.errors`` holds the errors all three raise. The inventory downloads layers
+through the registry client; matching works on plain package data and needs
+neither. Nothing else of the project is imported but ``core``: no Celery, database
+or settings; callers pass everything in. Import names from the module that defines
+them (``scanner.registry.client``, ``scanner.inventory.analysis``, ...).
 """
-
-from core.reference import (
-    RegistryAddress,
-    image_name,
-    parse_registry,
-    validate_digest,
-    validate_repository,
-    validate_tag,
-)
-from scanner.errors import (
-    InvalidManifest,
-    NotFound,
-    RegistryAuthError,
-    RegistryProtocolError,
-    RegistryUnavailable,
-    ScanError,
-    ScanStopped,
-)
-from scanner.images import Layer, PlatformImage, newest_first, resolve_image
-from scanner.registry import Manifest, ManifestRef, RegistryClient
-
-__all__ = [
-    "InvalidManifest",
-    "Layer",
-    "Manifest",
-    "ManifestRef",
-    "NotFound",
-    "PlatformImage",
-    "RegistryAddress",
-    "RegistryAuthError",
-    "RegistryClient",
-    "RegistryProtocolError",
-    "RegistryUnavailable",
-    "ScanError",
-    "ScanStopped",
-    "image_name",
-    "newest_first",
-    "parse_registry",
-    "resolve_image",
-    "validate_digest",
-    "validate_repository",
-    "validate_tag",
-]

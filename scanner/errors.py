@@ -1,4 +1,6 @@
-"""Errors raised while talking to a registry or describing an image.
+"""Errors raised while talking to a registry, describing an image or reading its layers.
+
+Shared by the three libraries of ``scanner``.
 
 Every error says whether it is ``permanent``: a permanent error is a fact about the
 image or the registry's answer (recorded, not retried); a transient one may go away

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from scanner.catalogers import ALL
-from scanner.catalogers.apk import ApkCataloger
-from scanner.catalogers.dpkg import DpkgCataloger
-from scanner.catalogers.golang import GoCataloger
-from scanner.catalogers.java import JavaCataloger
-from scanner.catalogers.npm import NpmCataloger
-from scanner.catalogers.python import PythonCataloger
-from scanner.catalogers.rpm import RpmCataloger
-from scanner.catalogers.rpmheader import header_package
 from scanner.errors import InvalidContent
-from scanner.packages import GO, JAR, NODEJS, OS_PACKAGE, PYTHON, Cataloger, Package
+from scanner.inventory.catalogers import ALL
+from scanner.inventory.catalogers.apk import ApkCataloger
+from scanner.inventory.catalogers.dpkg import DpkgCataloger
+from scanner.inventory.catalogers.golang import GoCataloger
+from scanner.inventory.catalogers.java import JavaCataloger
+from scanner.inventory.catalogers.npm import NpmCataloger
+from scanner.inventory.catalogers.python import PythonCataloger
+from scanner.inventory.catalogers.rpm import RpmCataloger
+from scanner.inventory.catalogers.rpmheader import header_package
+from scanner.inventory.packages import GO, JAR, NODEJS, OS_PACKAGE, PYTHON, Cataloger, Package
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -40,9 +40,9 @@ from models import Credential
 from models.db import make_engine, make_sessionmaker, transaction
 from regscan.db import upgrade
 from regscan.standalone import key_file_path
-from scanner.auth import RegistryAuth, parse_challenges
-from scanner.images import resolve_image
-from scanner.registry import RegistryClient
+from scanner.registry.auth import RegistryAuth, parse_challenges
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import resolve_image
 from tests.conftest import ADMIN, FAST_TIMINGS, FINAL, Api, Stack, _postgres_database, wait_for
 from tests.support.images import Pusher
 from tests.support.services import RedisServer, RegistryServer

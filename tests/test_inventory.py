@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from models import Image, LayerAnalysis
-from scanner.packages import ANALYSER_VERSION
+from scanner.inventory.packages import ANALYSER_VERSION
 from tests.conftest import Api
 from tests.support.images import DOCKER_LAYER_GZIP, Blob, Pusher, make_layer
 from tests.support.proxy import FaultProxy

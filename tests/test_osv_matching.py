@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from scanner import matching, osv
-from scanner.matching import ImageOS, Target
+from scanner.vulns import matching, osv
+from scanner.vulns.matching import ImageOS, Target
 from tests.support.osv_export import OsvExportServer
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)

@@ -28,18 +28,12 @@ import pytest
 import zstandard
 
 from scanner.errors import InvalidContent, RegistryUnavailable
-from scanner.images import Layer, PlatformImage, resolve_image
-from scanner.layers import (
-    FOREIGN_LAYER,
-    Inventory,
-    LayerAnalysis,
-    Limits,
-    analyse_image,
-    analyse_layer,
-)
-from scanner.osinfo import OSInfo
-from scanner.packages import OS_PACKAGE, Package
-from scanner.registry import RegistryClient
+from scanner.inventory.analysis import FOREIGN_LAYER, analyse_image, analyse_layer
+from scanner.inventory.osinfo import OSInfo
+from scanner.inventory.packages import OS_PACKAGE, Package
+from scanner.inventory.results import Inventory, LayerAnalysis, Limits
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import Layer, PlatformImage, resolve_image
 from tests.support.images import Blob, Pusher, make_tar, sha256_digest
 from tests.support.proxy import FaultProxy
 from tests.support.services import RegistryServer
@@ -887,8 +881,8 @@ def test_a_layer_shared_by_two_images_is_downloaded_once(
 _MEMORY_PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from scanner.layers import analyse_layer
-    from scanner.packages import Package
+    from scanner.inventory.analysis import analyse_layer
+    from scanner.inventory.packages import Package
 
     class Counter:
         name = "counter"

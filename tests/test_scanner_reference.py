@@ -16,8 +16,8 @@ from core.reference import (
     validate_tag,
 )
 from scanner.errors import InvalidManifest
-from scanner.images import parse_created
-from scanner.registry import compute_digest, verify_digest
+from scanner.registry.images import parse_created
+from scanner.registry.manifests import compute_digest, verify_digest
 
 SHA256 = "sha256:" + "a" * 64
 SHA512 = "sha512:" + "0123456789abcdef" * 8

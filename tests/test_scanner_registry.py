@@ -25,14 +25,14 @@ from scanner.errors import (
     RegistryUnavailable,
     ScanStopped,
 )
-from scanner.images import PlatformImage, newest_first, resolve_image
-from scanner.registry import (
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import PlatformImage, newest_first, resolve_image
+from scanner.registry.manifests import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
     ManifestRef,
-    RegistryClient,
 )
 from tests.support.images import (
     Blob,

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
 
-from scanner.versions import SCHEMES, InvalidVersion, compare, scheme_for, sort_key
+from scanner.vulns.versions import SCHEMES, InvalidVersion, compare, scheme_for, sort_key
 
 OPS = {-1: "lt", 0: "eq", 1: "gt"}
 

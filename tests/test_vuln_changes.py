@@ -18,7 +18,7 @@ from models import Finding, Image, VulnChange
 from models import vuln_records as store
 from models.db import make_engine, make_sessionmaker, transaction
 from regscan.db import upgrade
-from scanner import osv
+from scanner.vulns import osv
 from tests.conftest import _postgres_database, _sqlite_url
 from tests.test_vulns import hit, osv_record
 from worker.housekeeping import prune

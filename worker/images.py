@@ -13,9 +13,9 @@ from models import Image, ImageScan, ItemStatus, JobKind, JobStatus, image_scans
 from models.db import transaction
 from models.fencing import Fenced, finish_item, finish_job
 from scanner.errors import ScanError, ScanStopped
-from scanner.images import PlatformImage, resolve_image
-from scanner.layers import Inventory
-from scanner.packages import ANALYSER_VERSION
+from scanner.inventory.packages import ANALYSER_VERSION
+from scanner.inventory.results import Inventory
+from scanner.registry.images import PlatformImage, resolve_image
 from worker import rematch
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime

@@ -16,11 +16,12 @@ from models import Image
 from models import images as images_store
 from models import layers as layer_store
 from models.db import transaction
-from scanner.catalogers import ALL as CATALOGERS
-from scanner.images import Layer, PlatformImage
-from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image
-from scanner.packages import ANALYSER_VERSION
-from scanner.registry import RegistryClient
+from scanner.inventory.analysis import analyse_image
+from scanner.inventory.catalogers import ALL as CATALOGERS
+from scanner.inventory.packages import ANALYSER_VERSION
+from scanner.inventory.results import Inventory, LayerAnalysis, Limits
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import Layer, PlatformImage
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

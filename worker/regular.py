@@ -20,8 +20,8 @@ from models.db import transaction
 from models.fencing import Fenced, claim_regular, fence, finish_job
 from models.image_scans import IN_FLIGHT, item_fields
 from scanner.errors import ScanError
-from scanner.images import newest_first
-from scanner.registry import RegistryClient
+from scanner.registry.client import RegistryClient
+from scanner.registry.images import newest_first
 from scheduler.scope import Spec, load_specs
 from worker.lease import Lease
 from worker.runtime import Runtime

@@ -18,7 +18,7 @@ from core import keys
 from models import Image, findings, vuln_records
 from models.base import utcnow
 from models.db import transaction
-from scanner import matching, osv
+from scanner.vulns import matching, osv
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

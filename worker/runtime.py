@@ -16,9 +16,9 @@ from core.secrets import SecretKeyError, UndecryptableSecret, secret_box
 from core.settings import Settings, get_settings
 from core.tasks import Publisher
 from models import credentials as credential_store
-from scanner.auth import RegistryAuth
 from scanner.errors import ScanError
-from scanner.registry import RegistryClient
+from scanner.registry.auth import RegistryAuth
+from scanner.registry.client import RegistryClient
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire

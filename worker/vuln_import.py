@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import keys
 from models import vuln_records
 from models.db import transaction
-from scanner import matching, osv
+from scanner.vulns import matching, osv
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

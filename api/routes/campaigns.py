@@ -17,7 +17,7 @@ from core.reference import ImageRef
 from core.requester import Requester
 from core.views import job_view
 from models import results
-from scanner import versions
+from scanner.vulns import versions
 
 router = APIRouter()
 MAX_SELECTION = 10_000

@@ -32,7 +32,12 @@ from api.errors import ApiError
 from core.reference import ImageRef, parse_registry
 from core.secrets import webhook_secret
 from core.settings import Settings
-from scanner.registry import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from scanner.registry.manifests import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
 from scheduler import pushes
 from scheduler.pushes import Push
 

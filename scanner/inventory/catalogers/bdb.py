@@ -16,8 +16,8 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB
 from scanner.errors import InvalidContent
+from scanner.inventory.catalogers._common import MIB
 
 HASH_MAGIC = 0x061561
 P_HASH_UNSORTED, P_OVERFLOW, P_HASHMETA, P_HASH = 2, 7, 8, 13

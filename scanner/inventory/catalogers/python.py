@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB, decode, text_lines
 from scanner.errors import InvalidContent
-from scanner.packages import PYTHON, Package
+from scanner.inventory.catalogers._common import MIB, decode, text_lines
+from scanner.inventory.packages import PYTHON, Package
 
 # Some projects put whole licence texts in a header; a megabyte still bounds it.
 MAX_HEADERS = MIB

@@ -19,8 +19,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from scanner.versions import apk, dpkg, maven, pep440, rpm, semver
-from scanner.versions._base import InvalidVersion, sign
+from scanner.vulns.versions import apk, dpkg, maven, pep440, rpm, semver
+from scanner.vulns.versions._base import InvalidVersion, sign
 
 __all__ = ["SCHEMES", "InvalidVersion", "compare", "scheme_for", "sort_key"]
 

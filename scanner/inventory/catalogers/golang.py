@@ -16,9 +16,9 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB
 from scanner.errors import InvalidContent
-from scanner.packages import GO, Package
+from scanner.inventory.catalogers._common import MIB
+from scanner.inventory.packages import GO, Package
 
 MAGIC = b"\xff Go buildinf:"
 HEADER = 32

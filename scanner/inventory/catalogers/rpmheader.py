@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from scanner.errors import InvalidContent
-from scanner.packages import OS_PACKAGE, Package
+from scanner.inventory.packages import OS_PACKAGE, Package
 
 NAME, VERSION, RELEASE, EPOCH, SOURCERPM = 1000, 1001, 1002, 1003, 1044
 _WANTED = {NAME, VERSION, RELEASE, EPOCH, SOURCERPM}

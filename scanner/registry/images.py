@@ -14,7 +14,8 @@ from typing import Any
 
 from core.reference import validate_digest
 from scanner.errors import InvalidManifest, NotFound
-from scanner.registry import IMAGE_MANIFEST_TYPES, Manifest, RegistryClient
+from scanner.registry.client import RegistryClient
+from scanner.registry.manifests import IMAGE_MANIFEST_TYPES, Manifest
 
 Checkpoint = Callable[[], None]
 # Docker marks build attestations (SBOM, provenance) in an index this way.

@@ -18,7 +18,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 
-from scanner.versions._base import InvalidVersion
+from scanner.vulns.versions._base import InvalidVersion
 
 _QUALIFIERS = ("alpha", "beta", "milestone", "rc", "snapshot", "", "sp")
 _ALIASES = {"ga": "", "final": "", "release": "", "cr": "rc"}

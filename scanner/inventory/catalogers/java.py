@@ -14,9 +14,9 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB
 from scanner.errors import InvalidContent
-from scanner.packages import JAR, Package
+from scanner.inventory.catalogers._common import MIB
+from scanner.inventory.packages import JAR, Package
 
 EXTENSIONS = (".jar", ".war", ".ear")
 ZIP_MAGIC = b"PK"

@@ -8,7 +8,7 @@ letters and letters before every other character; digit runs compare as numbers.
 
 from __future__ import annotations
 
-from scanner.versions._base import InvalidVersion
+from scanner.vulns.versions._base import InvalidVersion
 
 _BLANKS = " \t"
 _EPOCH_MAX = 2**31 - 1  # dpkg keeps the epoch in a C int

@@ -11,11 +11,11 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB
-from scanner.catalogers.bdb import HashFile
-from scanner.catalogers.rpmheader import header_package
 from scanner.errors import InvalidContent
-from scanner.packages import Package
+from scanner.inventory.catalogers._common import MIB
+from scanner.inventory.catalogers.bdb import HashFile
+from scanner.inventory.catalogers.rpmheader import header_package
+from scanner.inventory.packages import Package
 
 SQLITE_PATHS = {"var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite"}
 BDB_PATHS = {"var/lib/rpm/Packages", "usr/lib/sysimage/rpm/Packages"}

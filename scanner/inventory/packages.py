@@ -2,8 +2,9 @@
 
 A cataloger reads one file of an image (a package database, a metadata file, a
 binary) and reports the packages it describes. Catalogers never see the whole
-image: the layer reader (``scanner.layers``) hands them the files they ask for,
-and the overlay merge decides which of those files the final image still has.
+image: the tar reader (``scanner.inventory.tar``) hands them the files they ask for,
+and the overlay merge (``scanner.inventory.overlay``) decides which of those files
+the final image still has.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from scanner.versions._base import InvalidVersion
+from scanner.vulns.versions._base import InvalidVersion
 
 # Token kinds, in grammar order: their order decides the comparison tail.
 INITIAL, DIGIT, LETTER, SUFFIX, SUFFIX_NO, COMMIT_HASH, REVISION, END = range(8)

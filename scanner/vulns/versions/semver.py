@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from scanner.versions._base import InvalidVersion
+from scanner.vulns.versions._base import InvalidVersion
 
 _NUM = r"0|[1-9][0-9]*"
 _IDENT = r"[0-9A-Za-z-]+"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB, decode, read_bounded, text_lines
 from scanner.errors import InvalidContent
-from scanner.packages import OS_PACKAGE, Package
+from scanner.inventory.catalogers._common import MIB, decode, read_bounded, text_lines
+from scanner.inventory.packages import OS_PACKAGE, Package
 
 INSTALLED = "lib/apk/db/installed"
 MAX_SIZE = 128 * MIB  # the database lists every file of every package

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB, read_bounded
 from scanner.errors import InvalidContent
-from scanner.packages import NODEJS, Package
+from scanner.inventory.catalogers._common import MIB, read_bounded
+from scanner.inventory.packages import NODEJS, Package
 
 MAX_SIZE = 8 * MIB
 

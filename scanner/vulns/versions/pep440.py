@@ -5,7 +5,7 @@ from __future__ import annotations
 from packaging.version import InvalidVersion as _PackagingInvalid
 from packaging.version import Version
 
-from scanner.versions._base import InvalidVersion
+from scanner.vulns.versions._base import InvalidVersion
 
 
 def key(v: str) -> Version:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from scanner.versions._base import InvalidVersion, sign
+from scanner.vulns.versions._base import InvalidVersion, sign
 
 # Token ranks, in rpmvercmp's order.
 _TILDE, _END, _CARET, _ALPHA, _NUMBER = range(5)

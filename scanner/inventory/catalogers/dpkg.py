@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from scanner.catalogers._common import MIB, decode, read_bounded, text_lines
 from scanner.errors import InvalidContent
-from scanner.packages import OS_PACKAGE, Package
+from scanner.inventory.catalogers._common import MIB, decode, read_bounded, text_lines
+from scanner.inventory.packages import OS_PACKAGE, Package
 
 STATUS = "var/lib/dpkg/status"
 STATUS_DIR = "var/lib/dpkg/status.d/"

@@ -1,0 +1,99 @@
+"""How requests to a registry travel: retries, capped bodies, and failures in words.
+
+Retries of idempotent requests (GET, HEAD) are left to urllib3's ``Retry`` on the
+session's adapter, with a pause before every retry and a cap on ``Retry-After``.
+Bodies are read with a size cap, so a hostile registry cannot make us buffer more
+than we asked for.
+"""
+
+from __future__ import annotations
+
+import random
+
+import requests
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.util.retry import Retry
+
+from scanner.errors import ScanError
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CHUNK = 64 << 10
+
+
+class _RegistryRetry(Retry):
+    """urllib3's ``Retry`` with a pause before every retry and a capped ``Retry-After``."""
+
+    def get_backoff_time(self) -> float:
+        # urllib3 retries the first failure at once; a registry that fails is usually
+        # overloaded, so every retry waits, with jitter so that workers do not march in step.
+        if not self.history:
+            return 0.0
+        delay = self.backoff_factor * 2 ** (len(self.history) - 1)
+        return min(self.backoff_max, delay + random.uniform(0, self.backoff_jitter))
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        # A registry must not be able to park a worker for hours.
+        return min(super().parse_retry_after(retry_after), self.backoff_max)
+
+
+def retry_policy(retries: int, backoff: float, backoff_max: float) -> Retry:
+    """Retries for GET/HEAD on lost connections, read timeouts and 429/5xx."""
+    return _RegistryRetry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        other=0,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        status_forcelist=RETRY_STATUSES,
+        backoff_factor=backoff,
+        backoff_jitter=backoff,
+        backoff_max=backoff_max,
+        respect_retry_after_header=True,
+        # Hand the last response back so its status can be reported.
+        raise_on_status=False,
+    )
+
+
+def read_capped(
+    response: requests.Response, limit: int, what: str, error: type[ScanError]
+) -> bytes:
+    """Read the body, failing as soon as it grows past ``limit`` bytes."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise error(f"{what} is {declared} bytes, over the limit of {limit}")
+    body = bytearray()
+    for chunk in response.iter_content(CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise error(f"{what} is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def failure(exc: requests.RequestException, retries: int) -> str:
+    """Say briefly why a request failed; requests wraps urllib3's reason in ``args[0]``."""
+    cause: BaseException = exc
+    if exc.args and isinstance(exc.args[0], BaseException):
+        cause = exc.args[0]
+    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+        return f"{describe(cause.reason)} (gave up after {retries} retries)"
+    return describe(cause)
+
+
+def describe(cause: BaseException) -> str:
+    """A transport failure in a few words, for messages."""
+    if isinstance(cause, ReadTimeoutError | requests.ReadTimeout):
+        return "read timed out"
+    if isinstance(cause, NewConnectionError):
+        return f"cannot connect: {str(cause).rpartition(': ')[2]}"
+    if isinstance(cause, ConnectTimeoutError):
+        return "connect timed out"
+    if isinstance(cause, ProtocolError):
+        return f"connection lost: {cause.args[-1] if cause.args else cause}"
+    return str(cause) or type(cause).__name__
