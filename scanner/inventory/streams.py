@@ -14,7 +14,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -66,11 +66,14 @@ def tar_stream(
     finish: Callable[[], None] = _nothing
     reader: Any = source
     if kind == GZIP:
-        reader = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
+        reader = gzip.GzipFile(fileobj=cast(IO[bytes], source), mode="rb")
     elif kind == ZSTD:
         frames = _ZstdFrames()
         reader = zstandard.ZstdDecompressor().stream_reader(
-            _Watched(source, frames), read_size=CHUNK, read_across_frames=True, closefd=False
+            cast(IO[bytes], _Watched(source, frames)),
+            read_size=CHUNK,
+            read_across_frames=True,
+            closefd=False,
         )
 
         def finish() -> None:

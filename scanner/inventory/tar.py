@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import IO
+from typing import IO, Self, cast
 
 from scanner.errors import InvalidContent
 from scanner.inventory.osinfo import OS_FILES
@@ -49,12 +49,13 @@ class _CheckedTarInfo(tarfile.TarInfo):
     """Headers that fail their checksum or are cut short are errors, not the end."""
 
     @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
         try:
             info = super().frombuf(buf, encoding, errors)
-        except tarfile.TruncatedHeaderError as exc:
+        # tarfile raises these two; its type stubs leave them out.
+        except tarfile.TruncatedHeaderError as exc:  # type: ignore[attr-defined]
             raise _HeaderProblem(f"truncated tar header: {exc}") from exc
-        except tarfile.InvalidHeaderError as exc:
+        except tarfile.InvalidHeaderError as exc:  # type: ignore[attr-defined]
             raise _HeaderProblem(f"corrupt tar header: {exc}") from exc
         if info.type in _LONG_HEADER_TYPES and info.size > _MAX_HEADER_BYTES:
             raise _HeaderProblem(
@@ -76,7 +77,7 @@ class LayerReader:
         """Handle every member of the tar stream."""
         try:
             with tarfile.open(
-                fileobj=expanded,  # type: ignore[arg-type]
+                fileobj=cast(IO[bytes], expanded),
                 mode="r|",
                 tarinfo=_CheckedTarInfo,
             ) as tar:
@@ -86,8 +87,9 @@ class LayerReader:
                     if members > self.limits.max_members:
                         raise self._refuse(f"more than {self.limits.max_members} entries")
                     self._member(tar, member)
-                    # Streaming tarfile keeps every header it read otherwise.
-                    tar.members.clear()
+                    # Streaming tarfile keeps every header it read otherwise (in an
+                    # attribute its type stubs leave out).
+                    tar.members.clear()  # type: ignore[attr-defined]
         except _HeaderProblem as exc:
             raise self._refuse(str(exc)) from exc
         except tarfile.TarError as exc:

@@ -9,7 +9,7 @@ highest fix; and its risk factors from all of these.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -125,7 +125,7 @@ def _components(hits: list[Hit]) -> list[list[Hit]]:
 def make_finding(target: Target, vuln_id: str, hits: list[Hit], *, now: datetime) -> dict[str, Any]:
     hits = sorted(hits, key=lambda h: (h.record.id != vuln_id, h.record.id))
     score, vector, severity = _severity(hits)
-    finding = {
+    finding: dict[str, Any] = {
         "cve": vuln_id,
         "cvss": score,
         "vecStr": vector,
@@ -206,9 +206,16 @@ def _highest(target: Target, hits: list[Hit], fixes: list[str]) -> str:
     if scheme is None:
         return fixes[0]
     try:
-        return max(fixes, key=functools.cmp_to_key(lambda a, b: compare(scheme, a, b)))
+        return max(fixes, key=functools.cmp_to_key(_comparing(scheme)))
     except InvalidVersion:
         return fixes[0]
+
+
+def _comparing(scheme: str) -> Callable[[str, str], int]:
+    def cmp(a: str, b: str) -> int:
+        return compare(scheme, a, b)
+
+    return cmp
 
 
 def _fix_date(hits: list[Hit]) -> datetime | None:

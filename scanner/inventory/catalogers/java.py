@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from scanner.errors import InvalidContent
 from scanner.inventory.catalogers._common import MIB
@@ -88,7 +88,7 @@ class JavaCataloger:
 
 
 def _archive(
-    path: str, where: str, file: BinaryIO, depth: int, budget: _Budget, found: list[Package]
+    path: str, where: str, file: IO[bytes], depth: int, budget: _Budget, found: list[Package]
 ) -> None:
     """Add the packages of one archive; ``where`` names it ("app.war!WEB-INF/lib/x.jar")."""
     try:

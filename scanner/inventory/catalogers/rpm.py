@@ -9,7 +9,7 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from scanner.errors import InvalidContent
 from scanner.inventory.catalogers._common import MIB
@@ -53,7 +53,7 @@ class RpmCataloger:
 def _bdb_blobs(path: str, file: BinaryIO) -> Iterator[tuple[int, bytes]]:
     database = HashFile(path, file)
     # Header numbers are in the writer's byte order, like the rest of the file.
-    byteorder = "little" if database.order == "<" else "big"
+    byteorder: Literal["little", "big"] = "little" if database.order == "<" else "big"
     for key, value in database.items():
         record = int.from_bytes(key, byteorder) if len(key) == 4 else -1
         # Record 0 holds rpm's next header number, not a header.

@@ -31,7 +31,7 @@ class _Str:
     value: str
 
 
-class _List(list):  # type: ignore[type-arg]  # holds int, _Str and _List items
+class _List(list):  # holds int, _Str and _List items
     """A (sub-)list of items; a ``-`` starts a new one."""
 
 
