@@ -45,7 +45,7 @@ from bench.common import (  # noqa: E402
 from core import tasks  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.tasks import make_celery  # noqa: E402
-from tests.support.services import RedisServer, free_port  # noqa: E402
+from testbed.services import RedisServer, free_port  # noqa: E402
 
 ADMIN = ("admin", "bench-admin-password")
 REGISTRY = "127.0.0.1:5999"

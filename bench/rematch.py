@@ -88,8 +88,8 @@ from scanner.layers import Inventory, LayerAnalysis, Limits, analyse_image  # no
 from scanner.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
 from scanner.registry import RegistryClient  # noqa: E402
 from scanner.versions import compare  # noqa: E402
-from tests.support.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
-from tests.support.services import (  # noqa: E402
+from testbed.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
+from testbed.services import (  # noqa: E402
     REGISTRY_BINARY,
     RedisServer,
     RegistryServer,

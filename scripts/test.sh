@@ -3,7 +3,7 @@
 #
 # On a fresh Debian machine (as root) it installs what the tests need, creates .venv,
 # makes sure a PostgreSQL answers, runs ruff and then pytest. Redis and the registry are
-# started by the tests themselves (tests/support/services.py); only their binaries are
+# started by the tests themselves (testbed/services.py); only their binaries are
 # needed here.
 #
 # Environment:

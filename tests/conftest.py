@@ -23,8 +23,8 @@ import requests
 
 from models.db import make_engine, make_sessionmaker
 from regscan.db import upgrade
-from tests.support.images import Pusher
-from tests.support.services import (
+from testbed.images import Pusher
+from testbed.services import (
     RedisServer,
     RegistryServer,
     free_port,

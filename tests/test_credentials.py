@@ -43,9 +43,9 @@ from regscan.standalone import key_file_path
 from scanner.auth import RegistryAuth, parse_challenges
 from scanner.images import resolve_image
 from scanner.registry import RegistryClient
+from testbed.images import Pusher
+from testbed.services import RedisServer, RegistryServer
 from tests.conftest import ADMIN, FAST_TIMINGS, FINAL, Api, Stack, _postgres_database, wait_for
-from tests.support.images import Pusher
-from tests.support.services import RedisServer, RegistryServer
 from worker.runtime import CredentialUnavailable, RegistryAuths
 
 ACCOUNT = "scanner"

@@ -28,9 +28,9 @@ from models.db import transaction
 from models.enqueue import IdempotencyKey
 from models.idempotency import WINDOW
 from models.schedule import WebhookEvent
+from testbed.images import Pusher
+from testbed.services import RegistryServer
 from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.services import RegistryServer
 from worker.housekeeping import prune
 
 V1 = "/api/v1"

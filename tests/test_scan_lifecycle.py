@@ -17,10 +17,10 @@ from sqlalchemy.engine import make_url
 
 from core import keys
 from models import ScanResult
+from testbed.images import Pusher
+from testbed.proxy import FaultProxy, ListeningSocket
+from testbed.services import RegistryServer
 from tests.conftest import Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.proxy import FaultProxy, ListeningSocket
-from tests.support.services import RegistryServer
 
 
 def spec(registry: str, repository: str = "", **extra) -> dict:

@@ -40,9 +40,9 @@ from scanner.layers import (
 from scanner.osinfo import OSInfo
 from scanner.packages import OS_PACKAGE, Package
 from scanner.registry import RegistryClient
-from tests.support.images import Blob, Pusher, make_tar, sha256_digest
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer
+from testbed.images import Blob, Pusher, make_tar, sha256_digest
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"

@@ -34,7 +34,7 @@ from scanner.registry import (
     ManifestRef,
     RegistryClient,
 )
-from tests.support.images import (
+from testbed.images import (
     Blob,
     PushedImage,
     Pusher,
@@ -43,8 +43,8 @@ from tests.support.images import (
     push_many,
     sha256_digest,
 )
-from tests.support.proxy import FaultProxy, ListeningSocket
-from tests.support.services import RegistryServer, free_port
+from testbed.proxy import FaultProxy, ListeningSocket
+from testbed.services import RegistryServer, free_port
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -17,10 +17,10 @@ from sqlalchemy import delete, select
 
 from models import ScanJob, ScheduleTick
 from scheduler.cadence import Cadence, InvalidSchedule, check_cron
+from testbed.images import Pusher
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer
 from tests.conftest import Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer
 
 PERIOD_MS = 2000
 PERIOD = timedelta(milliseconds=PERIOD_MS)

@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from tests.support.images import (
+from testbed.images import (
     ACCEPT_ALL_MANIFESTS,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -23,8 +23,8 @@ from tests.support.images import (
     make_layer,
     push_many,
 )
-from tests.support.proxy import FaultProxy, ListeningSocket
-from tests.support.services import RedisServer, RegistryServer, postgres_url
+from testbed.proxy import FaultProxy, ListeningSocket
+from testbed.services import RedisServer, RegistryServer, postgres_url
 
 
 @pytest.fixture(scope="session")
