@@ -35,7 +35,7 @@ from models.services import active_on_demand  # noqa: E402
 from regscan.db import upgrade  # noqa: E402
 from testbed.images import Pusher  # noqa: E402
 from testbed.services import RedisServer, RegistryServer  # noqa: E402
-from tests.conftest import Api, Stack, wait_for  # noqa: E402
+from testbed.stack import Api, Stack, wait_for  # noqa: E402
 
 ADMIN = ("admin", "bench-admin-password")
 V1 = "/api/v1"

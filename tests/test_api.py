@@ -9,7 +9,7 @@ from redis import Redis
 from core import keys
 from testbed.images import Pusher
 from testbed.services import RegistryServer
-from tests.conftest import ADMIN, Api, Stack
+from testbed.stack import ADMIN, Api, Stack
 
 
 def spec(registry: str, repository: str = "", **extra) -> dict:

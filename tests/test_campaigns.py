@@ -7,7 +7,7 @@ import pytest
 
 from testbed.images import Pusher
 from testbed.services import RegistryServer
-from tests.conftest import Api
+from testbed.stack import Api
 
 OS_RELEASE = b'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'
 

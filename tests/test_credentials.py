@@ -45,7 +45,8 @@ from scanner.images import resolve_image
 from scanner.registry import RegistryClient
 from testbed.images import Pusher
 from testbed.services import RedisServer, RegistryServer
-from tests.conftest import ADMIN, FAST_TIMINGS, FINAL, Api, Stack, _postgres_database, wait_for
+from testbed.stack import ADMIN, FAST_TIMINGS, FINAL, Api, Stack, wait_for
+from tests.conftest import _postgres_database
 from worker.runtime import CredentialUnavailable, RegistryAuths
 
 ACCOUNT = "scanner"

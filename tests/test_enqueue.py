@@ -30,7 +30,7 @@ from models.idempotency import WINDOW
 from models.schedule import WebhookEvent
 from testbed.images import Pusher
 from testbed.services import RegistryServer
-from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
+from testbed.stack import CALLBACK_SECRET, Api, Stack, wait_for
 from worker.housekeeping import prune
 
 V1 = "/api/v1"

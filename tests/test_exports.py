@@ -17,7 +17,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 
 from testbed.images import Pusher
 from testbed.services import RegistryServer
-from tests.conftest import Api, Stack
+from testbed.stack import Api, Stack
 
 
 def dist_info(name: str, version: str) -> dict[str, bytes]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from testbed.images import Pusher
 from testbed.proxy import FaultProxy
 from testbed.services import RegistryServer
-from tests.conftest import FINAL, Api, Stack, wait_for
+from testbed.stack import FINAL, Api, Stack, wait_for
 from tests.test_enqueue import client, issue_token
 
 V1 = "/api/v1"

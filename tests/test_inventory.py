@@ -19,7 +19,7 @@ from scanner.packages import ANALYSER_VERSION
 from testbed.images import DOCKER_LAYER_GZIP, Blob, Pusher, make_layer
 from testbed.proxy import FaultProxy
 from testbed.services import RegistryServer
-from tests.conftest import Api
+from testbed.stack import Api
 from tests.test_catalogers import GO_EXPECTED, go_binaries, rpm_listing, rpm_root
 
 __all__ = ["go_binaries", "rpm_root"]  # fixtures shared with the cataloger tests

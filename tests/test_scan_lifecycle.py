@@ -20,7 +20,7 @@ from models import ScanResult
 from testbed.images import Pusher
 from testbed.proxy import FaultProxy, ListeningSocket
 from testbed.services import RegistryServer
-from tests.conftest import Api, Stack, wait_for
+from testbed.stack import Api, Stack, wait_for
 
 
 def spec(registry: str, repository: str = "", **extra) -> dict:

@@ -20,7 +20,7 @@ from scheduler.cadence import Cadence, InvalidSchedule, check_cron
 from testbed.images import Pusher
 from testbed.proxy import FaultProxy
 from testbed.services import RegistryServer
-from tests.conftest import Api, Stack, wait_for
+from testbed.stack import Api, Stack, wait_for
 
 PERIOD_MS = 2000
 PERIOD = timedelta(milliseconds=PERIOD_MS)

@@ -22,7 +22,7 @@ from testbed.images import Pusher
 from testbed.osv_export import OsvExportServer
 from testbed.proxy import FaultProxy
 from testbed.services import RegistryServer, free_port
-from tests.conftest import Api, Stack, wait_for
+from testbed.stack import Api, Stack, wait_for
 from tests.test_catalogers import rpm_listing
 from tests.test_inventory import ALPINE_OS_RELEASE, dist_info, rpm_root, scan_one, spec
 
