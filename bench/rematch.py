@@ -60,7 +60,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
-    # `tests`, `worker` and `models` are imported from the checkout, wherever we run from.
+    # `testbed`, `worker` and `models` are imported from the checkout, wherever we run from.
     sys.path.insert(0, str(REPO_ROOT))
 
 from redis import Redis  # noqa: E402
