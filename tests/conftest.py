@@ -1,9 +1,14 @@
-"""Fixtures for end-to-end tests: the real API and real workers as processes, over a real
-Redis, a real registry, and the database under test (SQLite always, PostgreSQL too).
+"""Fixtures every test module shares, each defined here once.
 
-The schema is built by running the migrations. Each backend gets its own database,
-Redis database number and set of processes; tests keep out of each other's way by
-using repository names of their own.
+- services: ``redis_server`` (one per session); ``registry`` (one per test module) with
+  its ``pusher``; per test, a fault ``proxy`` and a ``slow_registry`` in front of it and a
+  registry ``client``.
+- databases: ``database_url``, once per backend (SQLite always, PostgreSQL when one
+  answers), the schema built by running the migrations.
+- the process stack: ``stack``, ``api`` and ``db``: the real API and real workers as
+  processes, over the real Redis and the database under test. Each backend gets its own
+  database, Redis database number and set of processes; tests keep out of each other's
+  way by using repository names of their own (``name``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import pytest
 
 from models.db import make_engine, make_sessionmaker
 from regscan.db import upgrade
+from scanner.registry import RegistryClient
 from testbed.images import Pusher
+from testbed.proxy import FaultProxy
 from testbed.services import RedisServer, RegistryServer, fresh_postgres_database, postgres_url
 from testbed.stack import (
     ADMIN,
@@ -30,6 +37,8 @@ from testbed.stack import (
     wait_for,
 )
 
+# -- services ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
@@ -37,15 +46,54 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry() -> Iterator[RegistryServer]:
+    """A registry of the test module's own, shared by its tests.
+
+    Not one per session: some modules change stored blobs behind the registry's back,
+    and storage is shared by digest, so a later push of the same bytes elsewhere would
+    be served the tampered copy; others list the whole catalog or use fixed repository
+    names.
+    """
     with RegistryServer() as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pusher(registry: RegistryServer) -> Pusher:
     return Pusher(registry.url)
+
+
+@pytest.fixture
+def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the registry, new for each test: it counts requests."""
+    with FaultProxy("127.0.0.1", registry.port) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def slow_registry(registry: RegistryServer) -> Iterator[FaultProxy]:
+    """The registry behind a proxy of its own, for a test to delay requests with."""
+    with FaultProxy.for_url(registry.url) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest, registry: RegistryServer) -> Iterator[RegistryClient]:
+    """A registry client with short pauses between retries.
+
+    It talks to the registry itself, unless the module or test is marked
+    ``@pytest.mark.registry_client(via_proxy=True, ...)``: then it goes through the test's
+    ``proxy``, which sees every request it makes. The marker's other keywords are
+    options of :class:`RegistryClient` (``retries=1``).
+    """
+    marker = request.node.get_closest_marker("registry_client")
+    options = {"retries": 2, "backoff": 0.01, "read_timeout": 5.0}
+    options.update(marker.kwargs if marker else {})
+    via_proxy = options.pop("via_proxy", False)
+    url = request.getfixturevalue("proxy").url if via_proxy else registry.url
+    with RegistryClient(url, **options) as registry_client:
+        yield registry_client
 
 
 @pytest.fixture

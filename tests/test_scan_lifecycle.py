@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import time
 
-import pytest
 from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -25,14 +24,6 @@ from testbed.stack import Api, Stack, wait_for
 
 def spec(registry: str, repository: str = "", **extra) -> dict:
     return {"version": "2", "registry": registry, "repository": repository, **extra}
-
-
-@pytest.fixture
-def slow_registry(registry: RegistryServer):
-    """The same registry behind a proxy that delays manifest requests."""
-    proxy = FaultProxy.for_url(registry.url)
-    yield proxy
-    proxy.close()
 
 
 def test_regular_scan_of_everything_in_scope(api: Api, pusher: Pusher, registry, name):

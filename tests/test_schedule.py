@@ -124,13 +124,6 @@ def test_two_schedulers_fire_each_tick_once(
         assert api.wait_job(job_id)["status"] == "completed"
 
 
-@pytest.fixture
-def slow_registry(registry: RegistryServer) -> Iterator[FaultProxy]:
-    proxy = FaultProxy.for_url(registry.url)
-    yield proxy
-    proxy.close()
-
-
 def test_a_tick_during_a_running_sweep_is_skipped(
     api: Api, schedulers: Schedulers, pusher: Pusher, slow_registry: FaultProxy, db, name
 ):

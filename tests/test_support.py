@@ -6,7 +6,6 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -25,23 +24,6 @@ from testbed.images import (
 )
 from testbed.proxy import FaultProxy, ListeningSocket
 from testbed.services import RedisServer, RegistryServer, postgres_url
-
-
-@pytest.fixture(scope="session")
-def registry() -> Iterator[RegistryServer]:
-    with RegistryServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def pusher(registry: RegistryServer) -> Pusher:
-    return Pusher(registry.url)
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", registry.port) as fault_proxy:
-        yield fault_proxy
 
 
 def manifest_of(base_url: str, repo: str, reference: str) -> requests.Response:
