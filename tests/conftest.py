@@ -9,6 +9,9 @@
   processes, over the real Redis and the database under test. Each backend gets its own
   database, Redis database number and set of processes; tests keep out of each other's
   way by using repository names of their own (``name``).
+
+Every test that uses the process stack is marked ``e2e`` here, so that
+``pytest -m "not e2e and not slow"`` is the fast lane.
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ from testbed.stack import (
     Stack,
     wait_for,
 )
+
+# Fixtures that run the API and workers as processes: ``keyed`` is test_credentials'
+# stack with a secret key. A test using any of them, directly or not, is ``e2e``.
+PROCESS_STACK_FIXTURES = frozenset({"stack", "api", "db", "keyed"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
 
 # -- services ------------------------------------------------------------------------
 
