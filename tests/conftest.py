@@ -10,8 +10,9 @@
   database, Redis database number and set of processes; tests keep out of each other's
   way by using repository names of their own (``name``).
 
-Every test that uses the process stack is marked ``e2e`` here, so that
-``pytest -m "not e2e and not slow"`` is the fast lane.
+The fast lane is ``pytest -m "not e2e and not slow"``. Tests that use the process stack
+are marked ``e2e`` here, and tests that use a fixture built by a compiler ``slow``; a
+test that takes seconds of its own is marked ``slow`` where it is defined.
 """
 
 from __future__ import annotations
@@ -40,15 +41,21 @@ from testbed.stack import (
     wait_for,
 )
 
-# Fixtures that run the API and workers as processes: ``keyed`` is test_credentials'
-# stack with a secret key. A test using any of them, directly or not, is ``e2e``.
+# Fixtures that run the API and workers as processes (``keyed`` is test_credentials'
+# stack with a secret key): a test using one, directly or through another, is ``e2e``.
 PROCESS_STACK_FIXTURES = frozenset({"stack", "api", "db", "keyed"})
+# Fixtures built by a compiler or installed by a package manager: the Go builds take
+# about 15 s on a cold build cache, npm needs its registry. A test using one is ``slow``.
+BUILT_FIXTURES = frozenset({"go_binaries", "go_semver", "node_semver"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if PROCESS_STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        fixtures = getattr(item, "fixturenames", ())
+        if PROCESS_STACK_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.e2e)
+        if BUILT_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slow)
 
 
 # -- services ------------------------------------------------------------------------
