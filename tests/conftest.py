@@ -11,8 +11,9 @@
   way by using repository names of their own (``name``).
 
 The fast lane is ``pytest -m "not e2e and not slow"``. Tests that use the process stack
-are marked ``e2e`` here, and tests that use a fixture built by a compiler ``slow``; a
-test that takes seconds of its own is marked ``slow`` where it is defined.
+are marked ``e2e`` here, and tests that use a fixture built by a compiler or a package
+manager ``slow``; a test that takes seconds of its own is marked ``slow`` where it is
+defined.
 """
 
 from __future__ import annotations
