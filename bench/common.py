@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import psycopg
 
 from regscan.db import upgrade
-from tests.support.services import fresh_postgres_database, postgres_url, stop_process
+from testbed.services import fresh_postgres_database, postgres_url, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
-    # `tests`, `worker` and `regscan` are imported from the checkout, wherever we run from.
+    # `testbed`, `worker` and `regscan` are imported from the checkout, wherever we run from.
     sys.path.insert(0, str(REPO_ROOT))
 
 import requests  # noqa: E402
@@ -45,7 +45,7 @@ from bench.common import (  # noqa: E402
 from core import tasks  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.tasks import make_celery  # noqa: E402
-from tests.support.services import RedisServer, free_port  # noqa: E402
+from testbed.services import RedisServer, free_port  # noqa: E402
 
 ADMIN = ("admin", "bench-admin-password")
 REGISTRY = "127.0.0.1:5999"

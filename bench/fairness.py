@@ -33,9 +33,9 @@ if str(REPO_ROOT) not in sys.path:
 from models.db import make_engine, make_sessionmaker  # noqa: E402
 from models.jobs import active_on_demand  # noqa: E402
 from regscan.db import upgrade  # noqa: E402
-from tests.conftest import Api, Stack, wait_for  # noqa: E402
-from tests.support.images import Pusher  # noqa: E402
-from tests.support.services import RedisServer, RegistryServer  # noqa: E402
+from testbed.images import Pusher  # noqa: E402
+from testbed.services import RedisServer, RegistryServer  # noqa: E402
+from testbed.stack import Api, Stack, wait_for  # noqa: E402
 
 ADMIN = ("admin", "bench-admin-password")
 V1 = "/api/v1"

@@ -60,7 +60,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
-    # `tests`, `worker` and `models` are imported from the checkout, wherever we run from.
+    # `testbed`, `worker` and `models` are imported from the checkout, wherever we run from.
     sys.path.insert(0, str(REPO_ROOT))
 
 from redis import Redis  # noqa: E402
@@ -93,8 +93,8 @@ from scanner.registry.auth import RegistryAuth  # noqa: E402
 from scanner.registry.client import RegistryClient  # noqa: E402
 from scanner.registry.images import resolve_image  # noqa: E402
 from scanner.vulns.versions import compare  # noqa: E402
-from tests.support.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
-from tests.support.services import (  # noqa: E402
+from testbed.images import DOCKER_LAYER_GZIP, DOCKER_MANIFEST, Pusher, make_layer  # noqa: E402
+from testbed.services import (  # noqa: E402
     REGISTRY_BINARY,
     RedisServer,
     RegistryServer,

@@ -48,6 +48,9 @@ ADMISSION_WAIT_SECONDS = 5
 
 
 class Admission:
+    # How long a request waits for the admission lock before it is told to ask again.
+    wait_seconds: float = ADMISSION_WAIT_SECONDS
+
     def __init__(
         self,
         settings: Settings,
@@ -247,7 +250,7 @@ class Admission:
         lock = self.redis.lock(
             keys.ADMISSION_LOCK,
             timeout=ADMISSION_LOCK_SECONDS,
-            blocking_timeout=ADMISSION_WAIT_SECONDS,
+            blocking_timeout=self.wait_seconds,
         )
         if not lock.acquire():
             raise Busy("another scan request is being admitted right now; try again")

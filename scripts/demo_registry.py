@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.images import Pusher
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.services import RegistryServer
 
 
 def alpine(version: str) -> dict[str, bytes]:

@@ -1,69 +1,65 @@
-"""Fixtures for end-to-end tests: the real API and real workers as processes, over a real
-Redis, a real registry, and the database under test (SQLite always, PostgreSQL too).
+"""Fixtures every test module shares, each defined here once.
 
-The schema is built by running the migrations. Each backend gets its own database,
-Redis database number and set of processes; tests keep out of each other's way by
-using repository names of their own.
+- services: ``redis_server`` (one per session); ``registry`` (one per test module) with
+  its ``pusher``; per test, a fault ``proxy`` and a ``slow_registry`` in front of it and a
+  registry ``client``.
+- databases: ``database_url``, once per backend (SQLite always, PostgreSQL when one
+  answers), the schema built by running the migrations.
+- the process stack: ``stack``, ``api`` and ``db``: the real API and real workers as
+  processes, over the real Redis and the database under test. Each backend gets its own
+  database, Redis database number and set of processes; tests keep out of each other's
+  way by using repository names of their own (``name``).
+
+The fast lane is ``pytest -m "not e2e and not slow"``. Tests that use the process stack
+are marked ``e2e`` here, and tests that use a fixture built by a compiler or a package
+manager ``slow``; a test that takes seconds of its own is marked ``slow`` where it is
+defined.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 
 from models.db import make_engine, make_sessionmaker
 from regscan.db import upgrade
-from tests.support.images import Pusher
-from tests.support.services import (
-    RedisServer,
-    RegistryServer,
-    free_port,
-    fresh_postgres_database,
-    postgres_url,
+from scanner.registry.client import RegistryClient
+from testbed.images import Pusher
+from testbed.proxy import FaultProxy
+from testbed.services import RedisServer, RegistryServer, fresh_postgres_database, postgres_url
+from testbed.stack import (
+    ADMIN,
+    CALLBACK_SECRET,
+    FAST_TIMINGS,
+    FINAL,
+    WEBHOOK_SECRET,
+    Api,
+    Stack,
+    wait_for,
 )
 
-ADMIN = ("admin", "test-admin-password")
-WEBHOOK_SECRET = "test-webhook-secret"
-CALLBACK_SECRET = "test-callback-secret"
-FINAL = {"completed", "stopped", "failed"}
-
-# Short timings so that lease expiry, takeovers and stops happen within a test.
-FAST_TIMINGS = {
-    "REGSCAN_LOCK_TTL_SECONDS": "3",
-    "REGSCAN_HEARTBEAT_SECONDS": "0.5",
-    "REGSCAN_REAPER_SECONDS": "1",
-    "REGSCAN_STOP_GRACE_SECONDS": "10",
-    "REGSCAN_REGISTRY_RETRIES": "2",
-    "REGSCAN_REGISTRY_BACKOFF": "0.1",
-    "REGSCAN_REGISTRY_READ_TIMEOUT": "15",
-    # Small enough for a test's decompression bomb to cross it.
-    "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
-    # Small enough for a test to cross it with two bulk requests.
-    "REGSCAN_TEAM_ONDEMAND_LIMIT": "120",
-    # Schedules of a few seconds, and schedulers that look often.
-    "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
-    "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",
-}
+# Fixtures that run the API and workers as processes (``keyed`` is test_credentials'
+# stack with a secret key): a test using one, directly or through another, is ``e2e``.
+PROCESS_STACK_FIXTURES = frozenset({"stack", "api", "db", "keyed"})
+# Fixtures built by a compiler or installed by a package manager: the Go builds take
+# about 15 s on a cold build cache, npm needs its registry. A test using one is ``slow``.
+BUILT_FIXTURES = frozenset({"go_binaries", "go_semver", "node_semver"})
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if PROCESS_STACK_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.e2e)
+        if BUILT_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.slow)
+
+
+# -- services ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -72,15 +68,54 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry() -> Iterator[RegistryServer]:
+    """A registry of the test module's own, shared by its tests.
+
+    Not one per session: some modules change stored blobs behind the registry's back,
+    and storage is shared by digest, so a later push of the same bytes elsewhere would
+    be served the tampered copy; others list the whole catalog or use fixed repository
+    names.
+    """
     with RegistryServer() as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pusher(registry: RegistryServer) -> Pusher:
     return Pusher(registry.url)
+
+
+@pytest.fixture
+def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the registry, new for each test: it counts requests."""
+    with FaultProxy("127.0.0.1", registry.port) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def slow_registry(registry: RegistryServer) -> Iterator[FaultProxy]:
+    """The registry behind a proxy of its own, for a test to delay requests with."""
+    with FaultProxy.for_url(registry.url) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def client(request: pytest.FixtureRequest, registry: RegistryServer) -> Iterator[RegistryClient]:
+    """A registry client with short pauses between retries.
+
+    It talks to the registry itself, unless the module or test is marked
+    ``@pytest.mark.registry_client(via_proxy=True, ...)``: then it goes through the test's
+    ``proxy``, which sees every request it makes. The marker's other keywords are
+    options of :class:`RegistryClient` (``retries=1``).
+    """
+    marker = request.node.get_closest_marker("registry_client")
+    options = {"retries": 2, "backoff": 0.01, "read_timeout": 5.0}
+    options.update(marker.kwargs if marker else {})
+    via_proxy = options.pop("via_proxy", False)
+    url = request.getfixturevalue("proxy").url if via_proxy else registry.url
+    with RegistryClient(url, **options) as registry_client:
+        yield registry_client
 
 
 @pytest.fixture
@@ -113,155 +148,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
 
 
 # -- the running service ---------------------------------------------------------------
-
-
-class Api:
-    """A client of the running API, authenticated as the admin."""
-
-    def __init__(self, base: str, auth: tuple[str, str] | None = ADMIN) -> None:
-        self.base = base
-        self.http = requests.Session()
-        self.http.auth = auth
-
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 30)
-        return self.http.request(method, self.base + path, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("POST", path, **kwargs)
-
-    def put(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("PUT", path, **kwargs)
-
-    def set_specs(self, *specs: dict[str, Any]) -> None:
-        r = self.put("/api/v1/settings/registry?scanLater=true", json={"specifications": specs})
-        assert r.status_code == 200, r.text
-
-    def scan(self, body: dict[str, Any] | None = None, **params: Any) -> requests.Response:
-        return self.post("/api/v1/registry/scan", json=body, params=params)
-
-    def started(self, body: dict[str, Any] | None = None, **params: Any) -> int:
-        """Ask for a scan that must be admitted; its job id."""
-        r = self.scan(body, **params)
-        assert r.status_code == 200, f"scan refused: HTTP {r.status_code} {r.text}"
-        return r.json()["id"]
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        r = self.get(f"/api/v1/registry/scans/{job_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_job(self, job_id: int, timeout: float = 60, statuses=FINAL) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            job = self.job(job_id)
-            return job if job["status"] in statuses else None
-
-        return wait_for(done, timeout, f"scan {job_id} to reach {sorted(statuses)}")
-
-    def results(self, **params: Any) -> list[dict[str, Any]]:
-        r = self.get("/api/v1/registry", params=params)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-
-class Stack:
-    """The API and the workers of one backend, as separate processes."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.port = free_port()
-        self.api = Api(f"http://127.0.0.1:{self.port}")
-
-    def _spawn(
-        self, name: str, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "regscan.cli", *args],
-            env={**self.env, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def start_api(self) -> None:
-        self._spawn("api", "api", "--port", str(self.port))
-        wait_for(self._api_up, 30, "the API to answer")
-
-    def _api_up(self) -> bool:
-        try:
-            return self.api.get("/api/v1/_ping", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def start_worker(
-        self, name: str, queues: str, concurrency: int = 4, env: dict[str, str] | None = None
-    ) -> None:
-        """A worker process; ``env`` adds to (or overrides) the stack's environment."""
-        log = self.logs / f"{name}.log"
-        seen = log.read_bytes().count(b"ready.") if log.exists() else 0
-        self._spawn(
-            name,
-            "worker",
-            "--queues",
-            queues,
-            "--concurrency",
-            str(concurrency),
-            "--name",
-            f"{name}-{uuid.uuid4().hex[:6]}@localhost",
-            env=env,
-        )
-        wait_for(
-            lambda: log.read_bytes().count(b"ready.") > seen,
-            30,
-            f"worker {name} to be ready",
-        )
-
-    def start_scheduler(self, name: str) -> None:
-        """A ``regscan scheduler`` process; ready once it logs so."""
-        log = self.logs / f"{name}.log"
-        seen = log.read_bytes().count(b"scheduler ready") if log.exists() else 0
-        self._spawn(name, "scheduler")
-        wait_for(
-            lambda: log.read_bytes().count(b"scheduler ready") > seen,
-            30,
-            f"scheduler {name} to be ready",
-        )
-
-    def terminate(self, name: str) -> int:
-        """SIGTERM, as a service manager stops a process; returns its exit code."""
-        proc = self.procs.pop(name)
-        proc.terminate()
-        return proc.wait(timeout=15)
-
-    def signal(self, name: str, sig: signal.Signals) -> None:
-        self.procs[name].send_signal(sig)
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.kill()
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
 
 _redis_db = iter(range(1, 16))
 

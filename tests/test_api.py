@@ -7,9 +7,9 @@ import requests
 from redis import Redis
 
 from core import keys
-from tests.conftest import ADMIN, Api, Stack
-from tests.support.images import Pusher
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.services import RegistryServer
+from testbed.stack import ADMIN, Api, Stack
 
 
 def spec(registry: str, repository: str = "", **extra) -> dict:

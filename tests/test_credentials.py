@@ -43,9 +43,10 @@ from regscan.standalone import key_file_path
 from scanner.registry.auth import RegistryAuth, parse_challenges
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import resolve_image
-from tests.conftest import ADMIN, FAST_TIMINGS, FINAL, Api, Stack, _postgres_database, wait_for
-from tests.support.images import Pusher
-from tests.support.services import RedisServer, RegistryServer
+from testbed.images import Pusher
+from testbed.services import RedisServer, RegistryServer
+from testbed.stack import ADMIN, FAST_TIMINGS, FINAL, Api, Stack, wait_for
+from tests.conftest import _postgres_database
 from worker.runtime import CredentialUnavailable, RegistryAuths
 
 ACCOUNT = "scanner"

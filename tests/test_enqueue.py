@@ -27,9 +27,9 @@ from models.base import utcnow
 from models.db import transaction
 from models.idempotency import WINDOW, IdempotencyKey
 from models.webhooks import WebhookEvent
-from tests.conftest import CALLBACK_SECRET, Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.services import RegistryServer
+from testbed.stack import CALLBACK_SECRET, Api, Stack, wait_for
 from worker.housekeeping import prune
 
 V1 = "/api/v1"

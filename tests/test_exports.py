@@ -15,9 +15,9 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from tests.conftest import Api, Stack
-from tests.support.images import Pusher
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.services import RegistryServer
+from testbed.stack import Api, Stack
 
 
 def dist_info(name: str, version: str) -> dict[str, bytes]:

@@ -3,10 +3,10 @@ workers take teams in turn, so a light team is served while a flood still waits.
 
 from __future__ import annotations
 
-from tests.conftest import FINAL, Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer
+from testbed.stack import FINAL, Api, Stack, wait_for
 from tests.test_enqueue import client, issue_token
 
 V1 = "/api/v1"

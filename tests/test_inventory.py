@@ -16,10 +16,10 @@ from sqlalchemy import update
 
 from models import Image, LayerAnalysis
 from scanner.inventory.packages import ANALYSER_VERSION
-from tests.conftest import Api
-from tests.support.images import DOCKER_LAYER_GZIP, Blob, Pusher, make_layer
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer
+from testbed.images import DOCKER_LAYER_GZIP, Blob, Pusher, make_layer
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer
+from testbed.stack import Api
 from tests.test_catalogers import GO_EXPECTED, go_binaries, rpm_listing, rpm_root
 
 __all__ = ["go_binaries", "rpm_root"]  # fixtures shared with the cataloger tests

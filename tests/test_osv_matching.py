@@ -14,7 +14,7 @@ import pytest
 
 from scanner.vulns import matching, osv
 from scanner.vulns.matching import ImageOS, Target
-from tests.support.osv_export import OsvExportServer
+from testbed.osv_export import OsvExportServer
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 CRITICAL_V3 = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"

@@ -10,29 +10,20 @@ import signal
 import sqlite3
 import time
 
-import pytest
 from redis import Redis
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from core import keys
 from models import ScanResult
-from tests.conftest import Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.proxy import FaultProxy, ListeningSocket
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.proxy import FaultProxy, ListeningSocket
+from testbed.services import RegistryServer
+from testbed.stack import Api, Stack, wait_for
 
 
 def spec(registry: str, repository: str = "", **extra) -> dict:
     return {"version": "2", "registry": registry, "repository": repository, **extra}
-
-
-@pytest.fixture
-def slow_registry(registry: RegistryServer):
-    """The same registry behind a proxy that delays manifest requests."""
-    proxy = FaultProxy.for_url(registry.url)
-    yield proxy
-    proxy.close()
 
 
 def test_regular_scan_of_everything_in_scope(api: Api, pusher: Pusher, registry, name):

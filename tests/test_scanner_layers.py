@@ -34,9 +34,9 @@ from scanner.inventory.packages import OS_PACKAGE, Package
 from scanner.inventory.results import Inventory, LayerAnalysis, Limits
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer, PlatformImage, resolve_image
-from tests.support.images import Blob, Pusher, make_tar, sha256_digest
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer
+from testbed.images import Blob, Pusher, make_tar, sha256_digest
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -65,31 +65,11 @@ class PkgList:
 
 CATALOGERS = [PkgList()]
 
+# The registry client goes through the test's proxy, which counts the blob downloads.
+pytestmark = pytest.mark.registry_client(via_proxy=True, retries=1)
+
 
 # -- fixtures and helpers ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[RegistryServer]:
-    with RegistryServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def pusher(registry: RegistryServer) -> Pusher:
-    return Pusher(registry.url)
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", registry.port) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def client(proxy: FaultProxy) -> Iterator[RegistryClient]:
-    with RegistryClient(proxy.url, retries=1, backoff=0.01, read_timeout=5.0) as registry_client:
-        yield registry_client
 
 
 @dataclass

@@ -34,7 +34,7 @@ from scanner.registry.manifests import (
     OCI_MANIFEST,
     ManifestRef,
 )
-from tests.support.images import (
+from testbed.images import (
     Blob,
     PushedImage,
     Pusher,
@@ -43,39 +43,16 @@ from tests.support.images import (
     push_many,
     sha256_digest,
 )
-from tests.support.proxy import FaultProxy, ListeningSocket
-from tests.support.services import RegistryServer, free_port
+from testbed.proxy import FaultProxy, ListeningSocket
+from testbed.services import RegistryServer, free_port
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[RegistryServer]:
-    with RegistryServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def pusher(registry: RegistryServer) -> Pusher:
-    return Pusher(registry.url)
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", registry.port) as fault_proxy:
-        yield fault_proxy
 
 
 def make_client(url: str, **options: Any) -> RegistryClient:
     """A client with small retry pauses so that the tests stay fast."""
     settings: dict[str, Any] = {"retries": 2, "backoff": 0.01, "read_timeout": 5.0}
     return RegistryClient(url, **{**settings, **options})
-
-
-@pytest.fixture
-def client(registry: RegistryServer) -> Iterator[RegistryClient]:
-    with make_client(registry.url) as registry_client:
-        yield registry_client
 
 
 def blob_file(registry: RegistryServer, digest: str) -> Path:

@@ -17,10 +17,10 @@ from sqlalchemy import delete, select
 
 from models import ScanJob, ScheduleTick
 from scheduler.cadence import Cadence, InvalidSchedule, check_cron
-from tests.conftest import Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer
+from testbed.stack import Api, Stack, wait_for
 
 PERIOD_MS = 2000
 PERIOD = timedelta(milliseconds=PERIOD_MS)
@@ -122,13 +122,6 @@ def test_two_schedulers_fire_each_tick_once(
     assert {(j.kind.value, j.requested_by) for j in jobs} == {("regular-all", "schedule")}
     for job_id in started:
         assert api.wait_job(job_id)["status"] == "completed"
-
-
-@pytest.fixture
-def slow_registry(registry: RegistryServer) -> Iterator[FaultProxy]:
-    proxy = FaultProxy.for_url(registry.url)
-    yield proxy
-    proxy.close()
 
 
 def test_a_tick_during_a_running_sweep_is_skipped(

@@ -6,14 +6,13 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 import redis
 import requests
 
-from tests.support.images import (
+from testbed.images import (
     ACCEPT_ALL_MANIFESTS,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -23,25 +22,8 @@ from tests.support.images import (
     make_layer,
     push_many,
 )
-from tests.support.proxy import FaultProxy, ListeningSocket
-from tests.support.services import RedisServer, RegistryServer, postgres_url
-
-
-@pytest.fixture(scope="session")
-def registry() -> Iterator[RegistryServer]:
-    with RegistryServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def pusher(registry: RegistryServer) -> Pusher:
-    return Pusher(registry.url)
-
-
-@pytest.fixture
-def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", registry.port) as fault_proxy:
-        yield fault_proxy
+from testbed.proxy import FaultProxy, ListeningSocket
+from testbed.services import RedisServer, RegistryServer, postgres_url
 
 
 def manifest_of(base_url: str, repo: str, reference: str) -> requests.Response:

@@ -124,6 +124,7 @@ DPKG_CRAFTED = [
 DPKG_INVALID = ["1:", ":1", "a:1", "1a:1", "1.0-", "1 0", "2147483648:1", "1:-1", " ", "1:2 3"]
 
 
+@pytest.mark.slow  # over 10,000 pairs, each a dpkg process: about 20 s
 def test_dpkg_agrees_with_dpkg_on_the_debian_index() -> None:
     rng = random.Random(1)
     index = debian_versions()

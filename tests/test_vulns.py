@@ -18,11 +18,11 @@ from sqlalchemy import select
 
 from models import Finding, Image, Tag
 from models import vuln_records as store
-from tests.conftest import Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.osv_export import OsvExportServer
-from tests.support.proxy import FaultProxy
-from tests.support.services import RegistryServer, free_port
+from testbed.images import Pusher
+from testbed.osv_export import OsvExportServer
+from testbed.proxy import FaultProxy
+from testbed.services import RegistryServer, free_port
+from testbed.stack import Api, Stack, wait_for
 from tests.test_catalogers import rpm_listing
 from tests.test_inventory import ALPINE_OS_RELEASE, dist_info, rpm_root, scan_one, spec
 

@@ -16,9 +16,9 @@ import requests
 from sqlalchemy import select
 
 from models import WebhookEvent
-from tests.conftest import WEBHOOK_SECRET, Api, Stack, wait_for
-from tests.support.images import Pusher
-from tests.support.services import RegistryServer
+from testbed.images import Pusher
+from testbed.services import RegistryServer
+from testbed.stack import WEBHOOK_SECRET, Api, Stack, wait_for
 
 HOOK = "/api/v1/registry/webhook/webhook"
 FILES = {"etc/os-release": b"ID=alpine\nVERSION_ID=3.19.1\n", "app/hello": b"hello\n"}

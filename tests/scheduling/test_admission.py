@@ -117,7 +117,8 @@ def test_an_on_demand_job_holds_the_image_it_was_asked_for(scheduling: Schedulin
 def test_a_request_stuck_behind_another_admission_is_told_to_try_again(
     scheduling: Scheduling,
 ):
-    # Given another process holding the admission lock
+    # Given another process holding the admission lock (and a short wait for it)
+    scheduling.admission.wait_seconds = 0.3
     held = scheduling.redis.lock(keys.ADMISSION_LOCK, timeout=30)
     assert held.acquire(blocking=False)
     try:

@@ -1,0 +1,205 @@
+"""The process stack: the API and the workers of one backend as separate processes, and
+a client of the API, authenticated as the admin.
+
+The tests start one stack per database backend (``tests/conftest.py``); the fairness
+benchmark starts one of its own. Timings are shortened (:data:`FAST_TIMINGS`) so that
+lease expiry, takeovers and stops happen within a test.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from testbed.services import free_port
+
+ADMIN = ("admin", "test-admin-password")
+WEBHOOK_SECRET = "test-webhook-secret"
+CALLBACK_SECRET = "test-callback-secret"
+FINAL = {"completed", "stopped", "failed"}
+
+# Short timings so that lease expiry, takeovers and stops happen within a test.
+FAST_TIMINGS = {
+    "REGSCAN_LOCK_TTL_SECONDS": "3",
+    "REGSCAN_HEARTBEAT_SECONDS": "0.5",
+    "REGSCAN_REAPER_SECONDS": "1",
+    "REGSCAN_STOP_GRACE_SECONDS": "10",
+    "REGSCAN_REGISTRY_RETRIES": "2",
+    "REGSCAN_REGISTRY_BACKOFF": "0.1",
+    "REGSCAN_REGISTRY_READ_TIMEOUT": "15",
+    # Small enough for a test's decompression bomb to cross it.
+    "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
+    # Small enough for a test to cross it with two bulk requests.
+    "REGSCAN_TEAM_ONDEMAND_LIMIT": "120",
+    # Schedules of a few seconds, and schedulers that look often.
+    "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
+    "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",
+}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """``predicate()`` polled every 0.1 s until it is truthy; its value, or AssertionError
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Api:
+    """A client of the running API, authenticated as the admin."""
+
+    def __init__(self, base: str, auth: tuple[str, str] | None = ADMIN) -> None:
+        self.base = base
+        self.http = requests.Session()
+        self.http.auth = auth
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.http.request(method, self.base + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def set_specs(self, *specs: dict[str, Any]) -> None:
+        r = self.put("/api/v1/settings/registry?scanLater=true", json={"specifications": specs})
+        assert r.status_code == 200, r.text
+
+    def scan(self, body: dict[str, Any] | None = None, **params: Any) -> requests.Response:
+        return self.post("/api/v1/registry/scan", json=body, params=params)
+
+    def started(self, body: dict[str, Any] | None = None, **params: Any) -> int:
+        """Ask for a scan that must be admitted; its job id."""
+        r = self.scan(body, **params)
+        assert r.status_code == 200, f"scan refused: HTTP {r.status_code} {r.text}"
+        return r.json()["id"]
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        r = self.get(f"/api/v1/registry/scans/{job_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_job(self, job_id: int, timeout: float = 60, statuses=FINAL) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["status"] in statuses else None
+
+        return wait_for(done, timeout, f"scan {job_id} to reach {sorted(statuses)}")
+
+    def results(self, **params: Any) -> list[dict[str, Any]]:
+        r = self.get("/api/v1/registry", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+class Stack:
+    """The API and the workers of one backend, as separate processes."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.port = free_port()
+        self.api = Api(f"http://127.0.0.1:{self.port}")
+
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "regscan.cli", *args],
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_api(self) -> None:
+        self._spawn("api", "api", "--port", str(self.port))
+        wait_for(self._api_up, 30, "the API to answer")
+
+    def _api_up(self) -> bool:
+        try:
+            return self.api.get("/api/v1/_ping", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def start_worker(
+        self, name: str, queues: str, concurrency: int = 4, env: dict[str, str] | None = None
+    ) -> None:
+        """A worker process; ``env`` adds to (or overrides) the stack's environment."""
+        log = self.logs / f"{name}.log"
+        seen = log.read_bytes().count(b"ready.") if log.exists() else 0
+        self._spawn(
+            name,
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--name",
+            f"{name}-{uuid.uuid4().hex[:6]}@localhost",
+            env=env,
+        )
+        wait_for(
+            lambda: log.read_bytes().count(b"ready.") > seen,
+            30,
+            f"worker {name} to be ready",
+        )
+
+    def start_scheduler(self, name: str) -> None:
+        """A ``regscan scheduler`` process; ready once it logs so."""
+        log = self.logs / f"{name}.log"
+        seen = log.read_bytes().count(b"scheduler ready") if log.exists() else 0
+        self._spawn(name, "scheduler")
+        wait_for(
+            lambda: log.read_bytes().count(b"scheduler ready") > seen,
+            30,
+            f"scheduler {name} to be ready",
+        )
+
+    def terminate(self, name: str) -> int:
+        """SIGTERM, as a service manager stops a process; returns its exit code."""
+        proc = self.procs.pop(name)
+        proc.terminate()
+        return proc.wait(timeout=15)
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        self.procs[name].send_signal(sig)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
