@@ -88,6 +88,9 @@ class Sweep:
     # -- discovery ----------------------------------------------------------------
 
     def discover(self) -> None:
+        """Write every image in scope as a pending item. A stop cuts discovery short: what
+        was found is kept, but the job is not marked discovered, so it ends stopped and
+        not complete."""
         batch: list[dict[str, Any]] = []
         for spec in self.specs:
             try:
@@ -100,7 +103,7 @@ class Sweep:
                 self._note(f"discovery in {spec.address.host}: {exc}")
             if self.stop_requested():
                 break
-        self._save(batch, final=True)
+        self._save(batch, final=True, complete=not self.stop_requested())
 
     def _discover_spec(self, spec: Spec) -> Iterator[dict[str, Any]]:
         with self.rt.registry_client(spec.address.base_url, spec.credential_id) as client:
@@ -128,12 +131,14 @@ class Sweep:
         if self.lease.lost:
             raise Fenced(f"job {self.job.id}: lease lost")
 
-    def _save(self, batch: list[dict[str, Any]], final: bool = False) -> None:
+    def _save(
+        self, batch: list[dict[str, Any]], final: bool = False, complete: bool = True
+    ) -> None:
         with transaction(self.rt.sessions) as session:
             fence(session, self.job.id, self.token)
             image_scans.add_items(session, self.job.id, batch)
             if final:
-                image_scans.set_total(session, self.job.id)
+                image_scans.set_total(session, self.job.id, discovered=complete)
 
     def _note(self, message: str) -> None:
         log.warning("job=%s %s", self.job.id, message)
