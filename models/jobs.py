@@ -218,6 +218,11 @@ def stale_jobs(session: Session, statuses: Iterable[JobStatus], older_than: date
     return list(session.scalars(stmt))
 
 
+def highest_fencing_token(session: Session) -> int:
+    """The highest fencing token any job was claimed under (0 for none)."""
+    return session.scalar(select(func.max(ScanJob.fencing_token))) or 0
+
+
 def waiting_on_demand(
     session: Session, older_than: datetime
 ) -> list[tuple[int, str, datetime | None]]:

@@ -227,12 +227,15 @@ class RedisServer(_Process):
 
     >>> with RedisServer() as redis_server:
     ...     client = redis.Redis.from_url(redis_server.url)
+
+    ``port`` fixes the port, so that a test can stop it and start a new, empty one at
+    the same address: what a restart without persistence does to its clients.
     """
 
     name = "redis"
 
-    def __init__(self, binary: str = "redis-server") -> None:
-        super().__init__()
+    def __init__(self, binary: str = "redis-server", port: int | None = None) -> None:
+        super().__init__(port)
         self.binary = binary
 
     @property
