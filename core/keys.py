@@ -17,9 +17,11 @@ regscan:stop:<job id>              "1" while a stop of that regular scan is aske
                                    TTL one day. Checked before each enqueue and at each
                                    image checkpoint.
 regscan:lock:layer:<digest>        redis-py Lock held while one worker downloads and
-                                   analyses that layer; TTL ``layer_lock_seconds``.
-                                   Contention: others poll for it (checking for stop)
-                                   and then read the analysis from the layer cache.
+                                   analyses that layer; TTL ``layer_lock_seconds``,
+                                   renewed by the holder every third of it, so a dead
+                                   holder's lock frees within the TTL. Contention:
+                                   others poll for it (checking for stop) and then read
+                                   the analysis from the layer cache.
 regscan:vulndb:refresh             the node name of the worker refreshing the configured
                                    vulnerability data sources this period; SET NX with a
                                    TTL of ``vulndb_refresh_seconds``, so one refresh fires

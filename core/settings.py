@@ -94,9 +94,11 @@ class Settings(BaseSettings):
         "is handed out again (the worker is taken to be gone).",
     )
     layer_lock_seconds: float = Field(
-        default=900.0,
-        description="Longest one worker may hold a layer for analysis before others "
-        "stop waiting for it and analyse it themselves.",
+        default=10.0,
+        gt=0,
+        description="TTL of the lock a worker holds while it downloads and analyses a "
+        "layer; the holder renews it every third of that, so a live holder keeps it for "
+        "as long as the layer takes, and a dead one frees it within this.",
     )
     max_layer_expanded_bytes: int = Field(
         default=8 << 30, description="Cap on the uncompressed bytes of one layer."
