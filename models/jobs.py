@@ -11,7 +11,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, func, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.requester import Requester
@@ -202,6 +214,16 @@ def start_job(
     if rowcount(session.execute(stmt)) != 1:
         return None
     return session.get(ScanJob, job_id, populate_existing=True)
+
+
+def withdraw_jobs(session: Session, job_ids: Iterable[int]) -> None:
+    """Delete jobs that were committed but could not be published: nobody was told they
+    exist, and no worker can have started them."""
+    ids = list(job_ids)
+    if ids:
+        session.execute(
+            delete(ScanJob).where(ScanJob.id.in_(ids), ScanJob.status == JobStatus.QUEUED)
+        )
 
 
 def append_job_error(session: Session, job_id: int, message: str) -> None:

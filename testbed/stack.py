@@ -39,6 +39,8 @@ FAST_TIMINGS = {
     "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
     # Small enough for a test to cross it with two bulk requests.
     "REGSCAN_TEAM_ONDEMAND_LIMIT": "120",
+    # On-demand jobs whose queue entry was lost are queued again after this long.
+    "REGSCAN_ONDEMAND_REQUEUE_SECONDS": "2",
     # Schedules of a few seconds, and schedulers that look often.
     "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
     "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
+import pytest
+
+from regscan.db import upgrade
 from testbed.images import Pusher
 from testbed.proxy import FaultProxy
-from testbed.stack import Api, Stack, wait_for
+from testbed.services import PostgresServer, RedisServer, RegistryServer, free_port
+from testbed.stack import ADMIN, FAST_TIMINGS, Api, Stack, wait_for
 
 
 def spec(registry: str, repository: str = "", **extra) -> dict:
@@ -66,3 +73,102 @@ def test_a_worker_killed_while_holding_a_layer_delays_the_sweep_by_the_lock_ttl_
     assert done["status"] == "completed", done
     assert done["counts"]["scanned"] == 1
     assert time.monotonic() - killed_at < 10 + 15
+
+
+# -- Redis and the database going away: a stack of its own, on services it may stop ------
+
+
+@dataclass
+class Outage:
+    """A process stack on a Redis and (for PostgreSQL) a database of its own, which a
+    test may stop and start again."""
+
+    stack: Stack
+    redis: RedisServer
+    postgres: PostgresServer | None
+
+    @property
+    def api(self) -> Api:
+        return self.stack.api
+
+    def restart_redis_empty(self) -> None:
+        """A Redis restart without persistence: a new, empty server at the same address."""
+        port = self.redis.port
+        self.redis.stop()
+        self.redis = RedisServer(port=port).start()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.api.get("/api/v1/registry/scans", params={"limit": 250}).json()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def outage(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Outage]:
+    redis = RedisServer(port=free_port()).start()
+    postgres = PostgresServer().start() if request.param == "postgresql" else None
+    database = postgres.url if postgres else f"sqlite:///{tmp_path_factory.mktemp('db')}/r.db"
+    upgrade(database)
+    env = {
+        **os.environ,
+        **FAST_TIMINGS,
+        "REGSCAN_DATABASE_URL": database,
+        "REGSCAN_REDIS_URL": redis.url,
+        "REGSCAN_ADMIN_USER": ADMIN[0],
+        "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
+    }
+    stack = Stack(env, tmp_path_factory.mktemp("logs"))
+    state = Outage(stack, redis, postgres)
+    try:
+        stack.start_api()
+        stack.start_worker("regular", "regular,images")
+        stack.start_worker("ondemand", "ondemand")
+        yield state
+    finally:
+        stack.stop()
+        state.redis.stop()
+        if postgres is not None:
+            postgres.remove()
+
+
+def on_demand(registry: str, repo: str, tag: str) -> dict[str, Any]:
+    return {"onDemandScan": True, "tag": {"registry": registry, "repo": repo, "tag": tag}}
+
+
+def test_with_redis_down_a_scan_request_is_refused_and_leaves_no_job(
+    outage: Outage, registry: RegistryServer, pusher: Pusher, name: str
+):
+    # Given an image in scope, and Redis gone
+    pusher.push_image(f"{name}/app", "1", {"a": b"1"})
+    outage.api.set_specs(spec(f"http://{registry.host}", f"{name}/*"))
+    before = len(outage.jobs())
+    outage.redis.stop()
+    try:
+        # When an on-demand scan, a bulk of them and a regular scan are asked for
+        answers = [
+            outage.api.scan(on_demand(registry.host, f"{name}/app", "1")),
+            outage.api.post(
+                "/api/v1/registry/scan/bulk",
+                json={"images": [{"registry": registry.host, "repo": f"{name}/app"}]},
+            ),
+            outage.api.scan(),
+        ]
+    finally:
+        outage.restart_redis_empty()
+
+    # Then each is told to ask again (503 with Retry-After), and no job was left behind
+    assert [r.status_code for r in answers] == [503, 503, 503], [r.text for r in answers]
+    assert all(r.headers.get("Retry-After") for r in answers)
+    assert all("err" in r.json() for r in answers)
+    assert len(outage.jobs()) == before
+
+    # And once Redis is back, asking again works
+    job = wait_for(
+        lambda: (
+            (r := outage.api.scan(on_demand(registry.host, f"{name}/app", "1"))).status_code == 200
+            and r.json()
+        ),
+        30,
+        "a scan request to be taken again",
+    )
+    assert outage.api.wait_job(job["id"], timeout=60)["status"] == "completed"

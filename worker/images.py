@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 # Two scans of the same tag finishing at once collide on the "latest result"
 # index; the loser simply writes again on top of the winner.
 WRITE_TRIES = 3
+WRITE_BACKOFF = 0.2  # seconds before the second try; doubled before each next one
 
 
 def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True) -> None:
@@ -116,7 +118,8 @@ def _write(
     status: ItemStatus,
     found: Found | str | None,
 ) -> None:
-    for _ in range(WRITE_TRIES):
+    away: OperationalError | None = None
+    for tries in range(WRITE_TRIES):
         try:
             with transaction(rt.sessions) as session:
                 results.serialize_tag_writers(session, item)
@@ -134,14 +137,22 @@ def _write(
                 elif error is not None:
                     results.record_failure(session, item, error)
             return
-        except (IntegrityError, OperationalError) as exc:
-            # A concurrent writer won a race (or the database broke a deadlock): the
-            # transaction was rolled back whole, so writing again is safe.
+        except IntegrityError as exc:
+            # A concurrent writer won a race: the transaction was rolled back whole, so
+            # writing again is safe.
             log.info("image_scan=%s writing again after: %s", item.id, exc.__class__.__name__)
-            continue
+        except OperationalError as exc:
+            # A deadlock the database broke, or the database going away: wait a little.
+            log.info("image_scan=%s writing again after: %s", item.id, exc.__class__.__name__)
+            away = exc
+            time.sleep(WRITE_BACKOFF * 2**tries)
         except Fenced as exc:
             log.warning("image_scan=%s result dropped: %s", item.id, exc)
             return
+    if away is not None:
+        # Still failing: the database is away. The task runs the job again once it is
+        # back (nothing of this attempt was stored).
+        raise away
     if status is not ItemStatus.FAILED:
         # The image must not stay "running" forever: end it failed, saying why.
         _write(rt, item, attempt, ItemStatus.FAILED, "could not store the scan result")
