@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from models import ScanResult
+from models.db import make_engine
 from regscan.db import upgrade
 from testbed.images import Pusher
 from testbed.proxy import FaultProxy
@@ -172,3 +175,87 @@ def test_with_redis_down_a_scan_request_is_refused_and_leaves_no_job(
         "a scan request to be taken again",
     )
     assert outage.api.wait_job(job["id"], timeout=60)["status"] == "completed"
+
+
+def _burst(
+    outage: Outage, registry: str, repo: str, n: int, fault_after: int, fault: Any
+) -> list[int]:
+    """Ask for ``n`` on-demand scans one after another, causing ``fault`` after the
+    ``fault_after``-th; the ids of the scans answered 200 (the others were refused)."""
+    accepted = []
+    for i in range(n):
+        if i == fault_after:
+            fault()
+        r = outage.api.scan(on_demand(registry, repo, f"t{i % 5}"))
+        if r.status_code == 200:
+            accepted.append(r.json()["id"])
+        else:
+            assert r.status_code == 503, r.text  # told to ask again, never a server error
+    return accepted
+
+
+def _each_completed_once(outage: Outage, accepted: list[int], repo: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    for job_id in accepted:
+        job = outage.api.wait_job(job_id, timeout=max(1.0, deadline - time.monotonic()))
+        assert job["status"] == "completed", job
+    # Exactly once: one result per job, and no job the client was not answered 200 for
+    engine = make_engine(outage.stack.env["REGSCAN_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            per_job = dict(
+                conn.execute(
+                    select(ScanResult.job_id, func.count())
+                    .where(ScanResult.repository == repo)
+                    .group_by(ScanResult.job_id)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    assert per_job == dict.fromkeys(accepted, 1)
+    made = {j["id"] for j in outage.jobs() if j["target"] and j["target"]["repo"] == repo}
+    assert made == set(accepted)
+
+
+def test_on_demand_scans_accepted_around_a_redis_restarted_empty_each_complete_once(
+    outage: Outage, registry: RegistryServer, pusher: Pusher, name: str
+):
+    # Given five images, and a registry slow enough that a burst of scans queues up
+    repo = f"{name}/app"
+    for i in range(5):
+        pusher.push_image(repo, f"t{i}", {f"f{i}": str(i).encode()})
+    with FaultProxy.for_url(registry.url) as slow:
+        slow.delay(0.3, path_prefix=f"/v2/{repo}/manifests")
+        outage.api.set_specs(spec(f"http://{slow.host}", f"{name}/*"))
+
+        # When 50 on-demand scans are asked for, and Redis restarts empty after the 20th
+        accepted = _burst(outage, slow.host, repo, 50, 20, outage.restart_redis_empty)
+
+        # Then every scan answered 200 completes within a minute, exactly once
+        assert len(accepted) >= 40
+        _each_completed_once(outage, accepted, repo, within=60)
+
+
+def test_on_demand_scans_accepted_around_a_database_outage_each_complete_once(
+    outage: Outage, registry: RegistryServer, pusher: Pusher, name: str
+):
+    if outage.postgres is None:
+        pytest.skip("a SQLite file cannot be stopped")
+    postgres = outage.postgres
+    repo = f"{name}/app"
+    for i in range(5):
+        pusher.push_image(repo, f"t{i}", {f"f{i}": str(i).encode()})
+    with FaultProxy.for_url(registry.url) as slow:
+        slow.delay(0.3, path_prefix=f"/v2/{repo}/manifests")
+        outage.api.set_specs(spec(f"http://{slow.host}", f"{name}/*"))
+
+        # When 30 on-demand scans are asked for, and PostgreSQL stops after the 20th
+        # for 10 s
+        accepted = _burst(outage, slow.host, repo, 30, 20, postgres.stop)
+        time.sleep(10)
+        postgres.start()
+
+        # Then every scan answered 200 completes within a minute of the database's
+        # return, exactly once, and the requests made while it was away were refused
+        assert len(accepted) == 20
+        _each_completed_once(outage, accepted, repo, within=60)
