@@ -259,3 +259,37 @@ def test_on_demand_scans_accepted_around_a_database_outage_each_complete_once(
         # return, exactly once, and the requests made while it was away were refused
         assert len(accepted) == 20
         _each_completed_once(outage, accepted, repo, within=60)
+
+
+def test_a_worker_told_to_stop_hands_its_sweep_on_within_the_grace_period(
+    api: Api, stack: Stack, pusher: Pusher, slow_registry: FaultProxy, name: str
+):
+    # Given a sweep of 30 slow images (about 20 s of work, two at a time) orchestrated by
+    # the "regular" worker, and a second worker that can take it over
+    repo = f"{name}/app"
+    for i in range(30):
+        pusher.push_image(repo, f"v{i}", {f"{i}": str(i).encode()})
+    slow_registry.delay(1.5, path_prefix=f"/v2/{repo}/manifests")
+    api.set_specs(spec(f"http://{slow_registry.host}", repo, scanners=2, cap=0))
+    job_id = api.started()
+    wait_for(lambda: api.job(job_id)["counts"]["scanned"] >= 1, 60, "the sweep to be under way")
+    stack.start_worker("spare", "regular,images")
+
+    # When the orchestrating worker is told to stop, as a rolling restart does (SIGTERM)
+    asked = time.monotonic()
+    try:
+        exit_code = stack.terminate("regular")
+        stopped_after = time.monotonic() - asked
+
+        # Then it exits within the stop grace period (10 s here), not when the sweep ends
+        assert exit_code == 0 and stopped_after < 10 + 5, stopped_after
+
+        # And the sweep completes on the other worker, every image scanned
+        done = api.wait_job(job_id, timeout=120)
+        assert done["status"] == "completed", done
+        assert done["counts"] == {"total": 30, "scanned": 30, "failed": 0, "skipped": 0}
+    finally:
+        # Leave the stack as the other tests expect it
+        if "regular" not in stack.procs:
+            stack.start_worker("regular", "regular,images")
+        stack.terminate("spare")

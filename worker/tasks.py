@@ -6,7 +6,7 @@ import logging
 import random
 
 import requests
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import fair
@@ -97,6 +97,13 @@ _passes = PeriodicPasses(get_runtime)
 @worker_ready.connect
 def _start_passes(**_kwargs: object) -> None:
     _passes.start()
+
+
+@worker_shutting_down.connect
+def _hand_off_sweeps(**_kwargs: object) -> None:
+    # A warm shutdown waits for running tasks: a sweep's orchestration hands its sweep on
+    # at its next checkpoint, and images in flight finish (bounded by registry timeouts).
+    regular.SHUTTING_DOWN.set()
 
 
 @worker_shutdown.connect
