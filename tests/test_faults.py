@@ -197,7 +197,10 @@ def _burst(
 def _each_completed_once(outage: Outage, accepted: list[int], repo: str, within: float) -> None:
     deadline = time.monotonic() + within
     for job_id in accepted:
-        job = outage.api.wait_job(job_id, timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            job = outage.api.wait_job(job_id, timeout=max(1.0, deadline - time.monotonic()))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_diagnosis(outage, accepted)}") from None
         assert job["status"] == "completed", job
     # Exactly once: one result per job, and no job the client was not answered 200 for
     engine = make_engine(outage.stack.env["REGSCAN_DATABASE_URL"])
@@ -215,6 +218,18 @@ def _each_completed_once(outage: Outage, accepted: list[int], repo: str, within:
     assert per_job == dict.fromkeys(accepted, 1)
     made = {j["id"] for j in outage.jobs() if j["target"] and j["target"]["repo"] == repo}
     assert made == set(accepted)
+
+
+def _diagnosis(outage: Outage, accepted: list[int]) -> str:
+    """What a failing outage test leaves behind: the jobs not done, and the workers' logs."""
+    stuck = [outage.api.job(i) for i in accepted]
+    lines = [f"job {j['id']}: {j['status']} attempts={j['attempts']}" for j in stuck]
+    lines = [line for line in lines if "completed" not in line]
+    for name in ("ondemand", "api"):
+        log = outage.stack.logs / f"{name}.log"
+        if log.exists():
+            lines.append(f"--- {name}.log (end)\n" + log.read_text(errors="replace")[-4000:])
+    return "\n".join(lines)
 
 
 def test_on_demand_scans_accepted_around_a_redis_restarted_empty_each_complete_once(
