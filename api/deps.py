@@ -88,6 +88,11 @@ def requester(principal: Principal, callback_url: str = "") -> Requester:
 
 # -- shared by several routes ------------------------------------------------------------
 
+# Row ids and offsets are 32-bit integers in the database: anything larger matches
+# nothing, and is refused before it reaches a query.
+MAX_ID = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="rows to skip")]
+
 IdempotencyKey = Header(None, alias="Idempotency-Key", description="Same key, same answer")
 
 

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         "derived from the first key of REGSCAN_SECRET_KEY, so every API process agrees.",
     )
 
+    webhook_team: str = Field(
+        default="webhook",
+        min_length=1,
+        max_length=128,
+        description="The team on-demand scans started by push events count against (its "
+        "limit and its fair share), as API tokens' teams do.",
+    )
+
     callback_secret: SecretStr | None = Field(
         default=None,
         description="Key of the HMAC-SHA256 signature on completion callbacks. Scan "
@@ -59,9 +67,31 @@ class Settings(BaseSettings):
         "ended it died before publishing it). Jobs that ended over a day ago are left.",
     )
 
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="Largest request body the API takes; a bigger one is answered 413 "
+        "before it is read.",
+    )
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API listens on.")
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
+    login_failures: int = Field(
+        default=10,
+        gt=0,
+        description="Failed logins one client address may make per login_window_seconds "
+        "(one user name: five times that); past that, logins are answered 429 with "
+        "Retry-After.",
+    )
+    login_window_seconds: int = Field(
+        default=60, gt=0, description="The window failed logins are counted over."
+    )
+    login_concurrency: int = Field(
+        default=2,
+        gt=0,
+        description="Password checks (argon2, 64 MiB each) one API process runs at once; "
+        "others wait for a turn, up to a few seconds.",
+    )
 
     lock_ttl_seconds: float = Field(
         default=30.0, description="TTL of the regular-scan lock; a dead holder frees it by then."

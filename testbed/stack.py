@@ -39,6 +39,9 @@ FAST_TIMINGS = {
     "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
     # Small enough for a test to cross it with two bulk requests.
     "REGSCAN_TEAM_ONDEMAND_LIMIT": "120",
+    # Every test's client comes from 127.0.0.1: failed logins of one test must not be
+    # refused in the next (tests of the limit run an API of their own).
+    "REGSCAN_LOGIN_FAILURES": "10000",
     # On-demand jobs whose queue entry was lost are queued again after this long.
     "REGSCAN_ONDEMAND_REQUEUE_SECONDS": "2",
     # Schedules of a few seconds, and schedulers that look often.

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from api import idempotency, views
 from api.auth import Principal
 from api.deps import (
+    MAX_ID,
     Filter,
     IdempotencyKey,
+    Offset,
     Operator,
     RawBody,
     State,
@@ -29,8 +31,8 @@ router = APIRouter()
 
 @router.post("/registry/scan")
 def start_scan(
-    body: RawBody,
     caller: Operator,
+    body: RawBody,
     state: State,
     response: Response,
     wait: bool = Query(False, description="Queue behind a running regular scan"),
@@ -78,7 +80,7 @@ def list_results(
     state: State,
     response: Response,
     flt: Filter,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=250),
     sort: SortField | None = None,
     reverse: bool = False,
@@ -109,7 +111,7 @@ def list_scans(
     state: State,
     response: Response,
     kind: Literal["regular-all", "regular-image", "regular-select", "on-demand"] | None = None,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=250),
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
@@ -121,7 +123,9 @@ def list_scans(
 
 
 @router.get("/registry/scans/{job_id}")
-def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
+def get_scan(
+    _user: User, state: State, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> dict[str, Any]:
     with state.sessions() as session:
         job = session.get(ScanJob, job_id)
         if job is None:
@@ -149,7 +153,10 @@ def progress(
             return [_progress_entry(job, "regular")]
         if not repo or not (tag or digest):
             raise ApiError(400, "on-demand progress needs repo and either tag or digest")
-        host = parse_registry(registry).host if registry else None
+        try:
+            host = parse_registry(registry).host if registry else None
+        except ValueError as exc:
+            raise ApiError(400, f"registry: {exc}") from None
         found_jobs = image_scans.on_demand_jobs_for(session, host, repo, tag, digest)
         return [_progress_entry(j, "onDemand") for j in found_jobs]
 
