@@ -14,6 +14,7 @@ from api.errors import ApiError
 from api.guards import RequestGuards
 from api.routes import (
     bulk,
+    callbacks,
     campaigns,
     credentials,
     exports,
@@ -64,6 +65,7 @@ def create_app(config: Settings) -> FastAPI:
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
     versioned.include_router(bulk.router)
+    versioned.include_router(callbacks.router)
     versioned.include_router(tokens.router)
     versioned.include_router(registry_settings.router)
     versioned.include_router(scan_settings.router)

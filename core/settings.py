@@ -57,7 +57,16 @@ class Settings(BaseSettings):
         "worker need the same value.",
     )
     callback_timeout: float = Field(
-        default=10.0, description="Seconds to wait for a callback receiver to answer."
+        default=10.0,
+        gt=0,
+        description="Seconds one callback attempt may take in all: connecting, sending and "
+        "the receiver's answer.",
+    )
+    callback_allow: str = Field(
+        default="",
+        description="Receivers of callbacks allowed although their address is not public: "
+        "comma-separated host names and networks in CIDR form (10.0.0.0/8). Anything else "
+        "must resolve to public addresses only.",
     )
     callback_resend_seconds: float = Field(
         default=120.0,

@@ -42,6 +42,9 @@ FAST_TIMINGS = {
     # Every test's client comes from 127.0.0.1: failed logins of one test must not be
     # refused in the next (tests of the limit run an API of their own).
     "REGSCAN_LOGIN_FAILURES": "10000",
+    # The tests' callback receivers listen on loopback, reached by this name; loopback
+    # addresses themselves stay refused, as everywhere.
+    "REGSCAN_CALLBACK_ALLOW": "localhost",
     # On-demand jobs whose queue entry was lost are queued again after this long.
     "REGSCAN_ONDEMAND_REQUEUE_SECONDS": "2",
     # Schedules of a few seconds, and schedulers that look often.

@@ -22,6 +22,7 @@ from redis import Redis
 from sqlalchemy import func, select
 
 from core import tasks
+from core.callbacks import team_key
 from models import ApiToken, ScanJob
 from models.base import utcnow
 from models.db import transaction
@@ -373,7 +374,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        # By name: the stack allows callbacks to "localhost" (loopback addresses are refused)
+        self.url = f"http://localhost:{self.server.server_address[1]}/hook"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -388,9 +390,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 def verified(headers: dict[str, str], body: bytes) -> dict[str, Any]:
-    """The callback's JSON, after checking its signature as a receiver would."""
+    """The callback's JSON, after checking its signature as a receiver would: under its
+    team's key."""
     signed = headers["X-Regscan-Timestamp"].encode() + b"." + body
-    expected = hmac.new(CALLBACK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
+    key = team_key(CALLBACK_SECRET, headers["X-Regscan-Team"])
+    expected = hmac.new(key, signed, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["X-Regscan-Signature"], f"sha256={expected}")
     return json.loads(body)
 

@@ -16,7 +16,9 @@ from models.fencing import Fenced, finish_item, finish_job
 from scanner.errors import ScanError, ScanStopped
 from scanner.inventory.packages import ANALYSER_VERSION
 from scanner.inventory.results import Inventory
+from scanner.registry.client import RegistryClient
 from scanner.registry.images import PlatformImage, resolve_image
+from scanner.registry.manifests import INDEX_TYPES
 from worker import rematch
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
@@ -84,6 +86,8 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
     # Only the specification's os: a Linux scan leaves out the Windows images of an index.
     platforms = {item.os} if item.os else None
     with rt.registry_client(item.registry_url, item.credential_id) as client:
+        if item.tag and item.digest:
+            _check_tag_points_at(client, item)
         images = resolve_image(
             client,
             item.repository,
@@ -109,6 +113,26 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
                     (image, take_inventory(rt, client, item.repository, image, checkpoint))
                 )
         return found
+
+
+def _check_tag_points_at(client: RegistryClient, item: ImageScan) -> None:
+    """A tag and a digest asked for together must agree: the digest is the tag's, or one
+    of the platform images of the index the tag names. Otherwise the result would be
+    stored under a tag that never held the image."""
+    tagged = client.head_manifest(item.repository, item.tag)
+    if tagged.digest == item.digest:
+        return
+    if tagged.media_type in INDEX_TYPES:
+        index = client.get_manifest(item.repository, item.tag)
+        children = index.body.get("manifests")
+        if isinstance(children, list) and any(
+            isinstance(c, dict) and c.get("digest") == item.digest for c in children
+        ):
+            return
+    raise ScanError(
+        f"tag {item.tag} of {item.registry_host}/{item.repository} points at "
+        f"{tagged.digest}, not at {item.digest}: ask for the tag or the digest alone"
+    )
 
 
 def _write(

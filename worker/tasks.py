@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 
-import requests
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -79,7 +78,7 @@ def rematch_next() -> None:
 @app.task(
     name="regscan.deliver_callback",
     bind=True,
-    autoretry_for=(callbacks.RetryableDelivery, requests.ConnectionError, requests.Timeout),
+    autoretry_for=(callbacks.RetryableDelivery,),
     retry_backoff=True,
     retry_backoff_max=600,
     retry_jitter=True,

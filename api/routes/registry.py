@@ -17,6 +17,7 @@ from api.deps import (
     RawBody,
     State,
     User,
+    Viewer,
     check_callbacks_enabled,
     requester,
 )
@@ -124,7 +125,7 @@ def list_scans(
 
 @router.get("/registry/scans/{job_id}")
 def get_scan(
-    _user: User, state: State, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+    caller: Viewer, state: State, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]
 ) -> dict[str, Any]:
     with state.sessions() as session:
         job = session.get(ScanJob, job_id)
@@ -133,7 +134,10 @@ def get_scan(
                 404, f"scan {job_id} does not exist; list scans with GET /registry/scans"
             )
         errors = [views.item_error_view(i) for i in image_scans.failed_items(session, job_id)]
-        callbacks = views.callback_views(session, job_id)
+        # Where a team's callbacks go, and what its receivers answered, is its own
+        # business (and an admin's).
+        mine = caller.may("admin") or caller.team == job.team
+        callbacks = views.callback_views(session, job_id) if mine else []
     return {**job_view(job), "errors": errors, "callbacks": callbacks}
 
 

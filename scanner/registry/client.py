@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -66,6 +67,7 @@ T = TypeVar("T")
 # A listing page holds names only; even a huge registry's page of 1000 stays far below.
 _MAX_PAGE_BYTES = 8 << 20
 _MAX_ERROR_BYTES = 8 << 10
+_ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")  # as the distribution spec names them
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -367,10 +369,12 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _detail(response: requests.Response) -> str:
-    """The first error the registry reported in its JSON body, for messages."""
+    """The code of the first error the registry reported in its JSON body (such as
+    ``DENIED``), for messages. Never its message: a hostile registry can echo anything
+    there, our own Authorization header included, and messages reach job errors."""
     try:
         raw = read_capped(response, _MAX_ERROR_BYTES, "error", RegistryProtocolError)
-        first = json.loads(raw)["errors"][0]
-        return f": {first['code']} {first.get('message', '')}".rstrip()
+        code = json.loads(raw)["errors"][0]["code"]
     except (ScanError, requests.RequestException, ValueError, KeyError, IndexError, TypeError):
         return ""
+    return f": {code}" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""
