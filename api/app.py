@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 
 from api import errors
 from api.auth import Authenticator, ensure_admin
-from api.deps import AppState, RawBody, State, User
+from api.deps import AppState, RawBody, State, User, Viewer
 from api.errors import ApiError
 from api.guards import RequestGuards
 from api.routes import (
@@ -89,7 +89,7 @@ def authenticate(request: Request, state: State, body: RawBody) -> dict[str, Any
     return {"token": state.auth.issue_token(creds.username, creds.password, client)}
 
 
-def logout(request: Request, state: State) -> dict[str, Any]:
+def logout(request: Request, _user: Viewer, state: State) -> dict[str, Any]:
     """Revoke the bearer token the request carries (from ``POST /authenticate``)."""
     if not state.auth.revoke_token(request):
         raise ApiError(

@@ -44,6 +44,10 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
         found = _scan(rt, item, checkpoint)
     except ScanStopped:
         _write(rt, item, attempt, ItemStatus.SKIPPED, None)
+    except TagMismatch as exc:
+        # A refusal, not a scan: the tag's results stay as they were.
+        log.warning("image_scan=%s refused: %s", item.id, exc)
+        _write(rt, item, attempt, ItemStatus.FAILED, str(exc), record=False)
     except ScanError as exc:
         log.warning("image_scan=%s failed: %s", item.id, exc)
         _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
@@ -115,6 +119,10 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
         return found
 
 
+class TagMismatch(ScanError):
+    """A tag and a digest asked for together that do not agree."""
+
+
 def _check_tag_points_at(client: RegistryClient, item: ImageScan) -> None:
     """A tag and a digest asked for together must agree: the digest is the tag's, or one
     of the platform images of the index the tag names. Otherwise the result would be
@@ -129,7 +137,7 @@ def _check_tag_points_at(client: RegistryClient, item: ImageScan) -> None:
             isinstance(c, dict) and c.get("digest") == item.digest for c in children
         ):
             return
-    raise ScanError(
+    raise TagMismatch(
         f"tag {item.tag} of {item.registry_host}/{item.repository} points at "
         f"{tagged.digest}, not at {item.digest}: ask for the tag or the digest alone"
     )
@@ -141,7 +149,11 @@ def _write(
     attempt: int,
     status: ItemStatus,
     found: Found | str | None,
+    *,
+    record: bool = True,
 ) -> None:
+    """End the item with ``status``, storing what was found, or with ``found`` as its
+    error (also shown as the tag's latest result, unless ``record`` is False)."""
     away: OperationalError | None = None
     for tries in range(WRITE_TRIES):
         try:
@@ -158,7 +170,7 @@ def _write(
                     # Findings in the same transaction: a result is never seen without them.
                     for image_id in {r.image_id for r in stored if r.image_id is not None}:
                         rematch.match_image(session, session.get_one(Image, image_id))
-                elif error is not None:
+                elif error is not None and record:
                     results.record_failure(session, item, error)
             return
         except IntegrityError as exc:
