@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 _hasher = PasswordHasher()
 BASIC_CACHE_SECONDS = 60.0
 # How long a login waits for its turn to have its password checked.
-CHECK_WAIT_SECONDS = 5.0
+CHECK_WAIT_SECONDS = 10.0
 # A user name may fail this many times the limit of a client address per window.
 USER_FACTOR = 5
 # What an unknown user's password is checked against, so that it costs the same.
@@ -185,12 +185,14 @@ class Authenticator:
         if check_text(username) is not None or check_text(password) is not None:
             raise ApiError(401, "invalid username or password", headers)
         counters = self._counters(username, client)
-        self._refuse_if_over(counters)
+        # Counted before the check, so that a burst cannot slip past the limit while
+        # its first attempts are being checked; a success gives its count back.
+        self._count_attempt(counters)
         with self.sessions() as session:
             user = users.get_user(session, username)
         if not self._password_ok(user, password) or user is None:
-            self._count_failure(counters)
             raise ApiError(401, "invalid username or password", headers)
+        self._forget_attempt(counters)
         return user
 
     def _password_ok(self, user: User | None, password: str) -> bool:
@@ -215,17 +217,20 @@ class Authenticator:
             (keys.login_failures_of_user(_sha256(username)), self.failures * USER_FACTOR),
         ]
 
-    def _refuse_if_over(self, counters: list[tuple[str, int]]) -> None:
+    def _count_attempt(self, counters: list[tuple[str, int]]) -> None:
+        """Count a login attempt; 429 when it is one too many for its window."""
         try:
-            counts = self.redis.mget([key for key, _limit in counters])
+            with self.redis.pipeline() as pipe:
+                for key, _limit in counters:
+                    pipe.incr(key)
+                    pipe.expire(key, self.window, nx=True)
+                results = pipe.execute()
             over = [
-                key
-                for (key, limit), n in zip(counters, counts, strict=True)
-                if int(n or 0) >= limit
+                key for (key, limit), n in zip(counters, results[::2], strict=True) if n > limit
             ]
             wait = max((int(self.redis.ttl(key)) for key in over), default=0)
         except RedisError:
-            log.warning("failed logins cannot be counted: Redis is not answering")
+            log.warning("login attempts cannot be counted: Redis is not answering")
             return
         if over:
             raise ApiError(
@@ -234,15 +239,15 @@ class Authenticator:
                 {"Retry-After": str(max(wait, 1))},
             )
 
-    def _count_failure(self, counters: list[tuple[str, int]]) -> None:
+    def _forget_attempt(self, counters: list[tuple[str, int]]) -> None:
+        """A login that succeeded is not a failure."""
         try:
             with self.redis.pipeline() as pipe:
                 for key, _limit in counters:
-                    pipe.incr(key)
-                    pipe.expire(key, self.window, nx=True)
+                    pipe.decr(key)
                 pipe.execute()
         except RedisError:
-            log.warning("a failed login could not be counted: Redis is not answering")
+            log.warning("a login attempt could not be given back: Redis is not answering")
 
     def _bearer(self, token: str) -> Principal:
         with self.sessions() as session:

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         default=60, gt=0, description="The window failed logins are counted over."
     )
     login_concurrency: int = Field(
-        default=2,
+        default=1,
         gt=0,
         description="Password checks (argon2, 64 MiB each) one API process runs at once; "
         "others wait for a turn, up to a few seconds.",

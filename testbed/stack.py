@@ -147,10 +147,16 @@ class Stack:
         wait_for(self._api_up, 30, "the API to answer")
 
     def _api_up(self) -> bool:
-        try:
-            return self.api.get("/api/v1/_ping", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return _answers(self.api)
+
+    def start_another_api(self, name: str, env: dict[str, str] | None = None) -> Api:
+        """A second API process on the same database and Redis, on a port of its own,
+        with ``env`` added to (or overriding) the stack's environment; its admin client."""
+        port = free_port()
+        self._spawn(name, "api", "--port", str(port), env=env)
+        client = Api(f"http://127.0.0.1:{port}")
+        wait_for(lambda: _answers(client), 30, f"API {name} to answer")
+        return client
 
     def start_worker(
         self, name: str, queues: str, concurrency: int = 4, env: dict[str, str] | None = None
@@ -211,3 +217,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _answers(api: Api) -> bool:
+    try:
+        return api.get("/api/v1/_ping", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
