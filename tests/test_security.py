@@ -7,8 +7,11 @@ Each test names the finding it keeps closed (S1 to S10, as the review numbered t
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -531,3 +534,119 @@ def test_s4_a_flood_of_wrong_passwords_is_refused_and_leaves_other_users_served(
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
     finally:
         stack.terminate("strict-api")
+
+
+# -- S8: what each caller sees of others' callbacks, and of a registry's words ---------------
+
+
+def test_s8_viewers_see_only_their_own_teams_callback_deliveries(
+    stack: Stack, api: Api, scope: str, registry: RegistryServer
+):
+    receiver = Receiver()
+    try:
+        alpha = client(stack, issue_token(api, "operator", team="alpha")["token"])
+        body = {**on_demand(registry.host, scope, "3.19"), "callbackUrl": receiver.url()}
+        job = alpha.scan(body).json()["id"]
+        api.wait_job(job)
+        _deliveries(api, job)
+        own = client(stack, issue_token(api, "viewer", team="alpha")["token"])
+        other = client(stack, issue_token(api, "viewer", team="beta")["token"])
+
+        assert [c["url"] for c in own.job(job)["callbacks"]] == [receiver.url()]
+        assert other.job(job)["callbacks"] == []
+    finally:
+        receiver.close()
+
+
+class EchoingRegistry:
+    """A hostile registry that refuses everything, echoing the request's Authorization
+    header in its error message and its status line's reason phrase."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                said = self.headers.get("Authorization", "")
+                body = json.dumps({"errors": [{"code": "DENIED", "message": said}]}).encode()
+                self.send_response(403, f"Forbidden {said}")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_s8_a_registry_echoing_our_credentials_does_not_get_them_into_errors():
+    import base64
+
+    from scanner.errors import RegistryAuthError
+    from scanner.registry.client import RegistryClient
+
+    registry = EchoingRegistry()
+    secret = "s3cr3t-registry-password"
+    try:
+        with (
+            RegistryClient(registry.url, auth=("robot", secret), retries=0) as c,
+            pytest.raises(RegistryAuthError) as refused,
+        ):
+            c.get_manifest("app", "1")
+    finally:
+        registry.close()
+    said = str(refused.value)
+    assert "access denied (403): DENIED" in said
+    assert secret not in said and base64.b64encode(f"robot:{secret}".encode()).decode() not in said
+
+
+# -- S9: a spreadsheet opening the CSV runs nothing ----------------------------------------
+
+
+def test_s9_csv_cells_that_a_spreadsheet_would_run_are_quoted(
+    api: Api, pusher: Pusher, registry: RegistryServer, name: str
+):
+    # Given an image whose os-release names its distribution as a formula
+    os_release = b'ID=evil\nNAME="=HYPERLINK(\\"http://x\\")"\nPRETTY_NAME="=1+2"\n'
+    pusher.push_image(f"{name}/app", "1", {"etc/os-release": os_release})
+    api.set_specs(spec(f"http://{registry.host}", f"{name}/*"))
+    api.wait_job(api.started(on_demand(registry.host, f"{name}/app", "1")))
+
+    # When the results are downloaded as CSV
+    r = api.get(f"{V1}/registry/download", params={"repository": f"{name}/app"})
+    rows = list(__import__("csv").reader(io.StringIO(r.text)))
+
+    # Then the distro cell reads as text
+    distro = rows[0].index("Distro")
+    assert rows[1][distro] == "'=1+2"
+
+
+# -- S10: the database file is the service's alone ------------------------------------------
+
+
+def test_s10_the_sqlite_file_is_readable_by_its_owner_only(tmp_path: Path):
+    import subprocess
+    import sys
+
+    database = tmp_path / "regscan.db"
+    env = {**os.environ, "REGSCAN_DATABASE_URL": f"sqlite:///{database}"}
+    subprocess.run([sys.executable, "-m", "regscan.cli", "db", "upgrade"], env=env, check=True)
+    assert stat.S_IMODE(database.stat().st_mode) & 0o077 == 0
+
+
+def test_s10_compose_publishes_on_loopback_only_and_requires_every_secret():
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parents[1] / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    env = compose["x-regscan"]["environment"]
+    for secret in ("REGSCAN_ADMIN_PASSWORD", "REGSCAN_SECRET_KEY", "REGSCAN_CALLBACK_SECRET"):
+        assert env[secret].startswith("${" + secret + ":?"), secret
