@@ -1,10 +1,11 @@
 """The safe tar reader: one layer's tar stream, member by member, into a ``LayerAnalysis``.
 
-``tarfile`` runs in streaming mode: nothing is extracted and the layer is never held
-whole in memory. Only the files a cataloger asks for are copied, into a spool that
-moves to disk past a few MiB. Anything that could hurt a reader that extracts the
-layer (paths escaping the root, devices, FIFOs, corrupt or oversized headers) is
-refused with ``InvalidContent``. Whiteouts and opaque directories are recorded for
+``tarfile`` reads the stream front to back (``Expanded`` seeks forward only, so
+contents nobody wants are skipped without being copied): nothing is extracted and the
+layer is never held whole in memory. Only the files a cataloger asks for are copied,
+into a spool that moves to disk past a few MiB. Anything that could hurt a reader that
+extracts the layer (paths escaping the root, devices, FIFOs, corrupt or oversized
+headers) is refused with ``InvalidContent``. Whiteouts and opaque directories are recorded for
 the overlay merge.
 """
 
@@ -76,9 +77,12 @@ class LayerReader:
     def read(self, expanded: Expanded) -> None:
         """Handle every member of the tar stream."""
         try:
+            # "r:" rather than the streaming "r|": tarfile then seeks past contents
+            # instead of reading them through its own small buffer, and checks that
+            # each member's contents are all there.
             with tarfile.open(
                 fileobj=cast(IO[bytes], expanded),
-                mode="r|",
+                mode="r:",
                 tarinfo=_CheckedTarInfo,
             ) as tar:
                 members = 0
@@ -87,8 +91,8 @@ class LayerReader:
                     if members > self.limits.max_members:
                         raise self._refuse(f"more than {self.limits.max_members} entries")
                     self._member(tar, member)
-                    # Streaming tarfile keeps every header it read otherwise (in an
-                    # attribute its type stubs leave out).
+                    # tarfile keeps every header it read otherwise (in an attribute
+                    # its type stubs leave out).
                     tar.members.clear()  # type: ignore[attr-defined]
         except _HeaderProblem as exc:
             raise self._refuse(str(exc)) from exc
