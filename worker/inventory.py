@@ -1,9 +1,14 @@
 """The inventory of an image: from the layer cache where it can, from the registry
-where it must, one download per layer however many workers want it."""
+where it must, one download per layer however many workers want it.
+
+The layers of one image are read in parallel (``REGSCAN_LAYER_PARALLELISM``), so one
+scan may hold several layer locks at once, taken and released by different threads.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,19 +35,27 @@ LOCK_POLL_SECONDS = 0.2
 
 class LayerCache:
     """Cache lookups that, on a miss, hold the layer's Redis lock until the analysis
-    is stored, so concurrent scans of images sharing a layer download it once."""
+    is stored, so concurrent scans of images sharing a layer download it once.
+
+    Safe to call from the threads that read an image's layers in parallel.
+    """
 
     def __init__(self, rt: Runtime, checkpoint: Callable[[], None]) -> None:
         self.rt = rt
         self.checkpoint = checkpoint
         self.held: dict[str, Lock] = {}
+        self._guard = threading.Lock()  # over ``held``
 
     def get(self, digest: str) -> LayerAnalysis | None:
         found = self._lookup(digest)
         if found is not None:
             return found
+        # Not thread-local: a lock a layer's thread took is released by the scan's
+        # thread when the scan ends early.
         lock = self.rt.redis.lock(
-            keys.layer_lock(digest), timeout=self.rt.settings.layer_lock_seconds
+            keys.layer_lock(digest),
+            timeout=self.rt.settings.layer_lock_seconds,
+            thread_local=False,
         )
         while not lock.acquire(blocking=False):
             self.checkpoint()  # a stop must not wait for someone else's download
@@ -51,7 +64,8 @@ class LayerCache:
         if found is not None:
             _release(lock)
             return found
-        self.held[digest] = lock
+        with self._guard:
+            self.held[digest] = lock
         return None
 
     def put(self, digest: str, media_type: str, size: int, analysis: LayerAnalysis) -> None:
@@ -63,14 +77,16 @@ class LayerCache:
         except IntegrityError:
             pass  # stored meanwhile by a worker that did not see our lock (it expired)
         finally:
-            lock = self.held.pop(digest, None)
+            with self._guard:
+                lock = self.held.pop(digest, None)
             if lock is not None:
                 _release(lock)
 
     def release_all(self) -> None:
-        for lock in self.held.values():
+        with self._guard:
+            held, self.held = self.held, {}
+        for lock in held.values():
             _release(lock)
-        self.held.clear()
 
     def _lookup(self, digest: str) -> LayerAnalysis | None:
         with self.rt.sessions() as session:
@@ -113,6 +129,7 @@ def take_inventory(
             cache_put=cache.put,
             checkpoint=checkpoint,
             limits=limits,
+            parallel=rt.settings.layer_parallelism,
         )
 
 
