@@ -4,10 +4,13 @@ Generates a gzip layer of at least 500 MB uncompressed (package databases among
 bulk files), then times, on the same file in the same run:
 
   baseline   gzip -dc layer.tar.gz | tar -t > /dev/null
-  regscan    scanner.inventory.analysis.analyse_layer with every cataloger, in a child process
+  regscan    scanner.inventory.analysis.analyse_layer with every cataloger, in a child
+             process, once per way of inflating: each zlib implementation installed
+             (isal, zlib-ng, the standard library's), with the read-ahead thread and
+             without it
 
-and prints the ratio, plus the analysing process's peak RSS against the RSS of the
-same process before it reads anything.
+and prints each one's ratio to the baseline, plus the peak RSS of the process analysing
+the default way against its RSS before it reads anything.
 
     .venv/bin/python bench/analyse.py [--size-mb 600] [--runs 3]
 """
@@ -88,7 +91,7 @@ def timed(argv: list[str]) -> tuple[float, str]:
     return time.perf_counter() - start, out
 
 
-def child(path: str, digest: str) -> None:
+def child(path: str, digest: str, inflater: str, read_ahead: str) -> None:
     """Run in a child process: analyse the layer, print what was found and the RSS."""
     from scanner.inventory.analysis import analyse_layer
     from scanner.inventory.catalogers import ALL
@@ -102,6 +105,8 @@ def child(path: str, digest: str) -> None:
             media_type="application/vnd.oci.image.layer.v1.tar+gzip",
             catalogers=ALL,
             limits=Limits(max_expanded_bytes=64 << 30),
+            inflater=inflater,
+            read_ahead=read_ahead == "read-ahead",
         )
     found = sum(len(p) for p in analysis.packages.values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -122,11 +127,20 @@ def best(runs: int, argv: list[str]) -> tuple[float, str]:
     return min(seconds for seconds, _out in results), results[-1][1]
 
 
+def ways() -> list[tuple[str, bool]]:
+    """(inflater, read-ahead) pairs to time: every inflater installed, with and without
+    the read-ahead thread, the default first."""
+    from scanner.inventory.streams import INFLATER, INFLATERS
+
+    names = [INFLATER, *(name for name in INFLATERS if name != INFLATER)]
+    return [(name, read_ahead) for name in names for read_ahead in (True, False)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=600, help="uncompressed MB (>= 500)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each side; best is kept")
-    parser.add_argument("--child", nargs=2, metavar=("PATH", "DIGEST"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -139,23 +153,40 @@ def main() -> int:
         baseline, _ = best(
             args.runs, ["bash", "-o", "pipefail", "-c", f"gzip -dc {layer} | tar -t > /dev/null"]
         )
-        ours, out = best(args.runs, [sys.executable, __file__, "--child", str(layer), digest])
-        found = json.loads(out)
-        # Both sides must have read the whole layer for the times to compare.
-        if found["expanded"] < expanded:
-            raise SystemExit(f"analysis read {found['expanded']} of {expanded} bytes")
-        report(layer, expanded, baseline, ours, found, args.runs)
+        timings = []
+        for inflater, read_ahead in ways():
+            mode = "read-ahead" if read_ahead else "inline"
+            argv = [sys.executable, __file__, "--child", str(layer), digest, inflater, mode]
+            seconds, out = best(args.runs, argv)
+            found = json.loads(out)
+            # Every way must have read the whole layer for the times to compare.
+            if found["expanded"] < expanded:
+                raise SystemExit(f"{inflater} read {found['expanded']} of {expanded} bytes")
+            timings.append((inflater, mode, seconds, found))
+        report(layer, expanded, baseline, timings, args.runs)
     return 0
 
 
-def report(layer: Path, expanded: int, baseline: float, ours: float, found: dict, runs: int):
+def report(
+    layer: Path,
+    expanded: int,
+    baseline: float,
+    timings: list[tuple[str, str, float, dict]],
+    runs: int,
+) -> None:
     mb = 1_000_000
     print(f"layer: {layer.stat().st_size / mb:.0f} MB gzip, {expanded / mb:.0f} MB uncompressed")
-    print(f"{'tool':<44}{'seconds':>9}{'MB/s':>9}")
-    print(f"{'gzip -dc | tar -t (baseline)':<44}{baseline:>9.2f}{expanded / mb / baseline:>9.0f}")
-    name = "regscan analyse_layer (all catalogers)"
-    print(f"{name:<44}{ours:>9.2f}{expanded / mb / ours:>9.0f}")
-    print(f"ratio: regscan / baseline = {ours / baseline:.2f} (best of {runs} runs each)")
+    print(f"{'tool':<52}{'seconds':>9}{'MB/s':>7}{'ratio':>7}")
+    name = "gzip -dc | tar -t (baseline)"
+    print(f"{name:<52}{baseline:>9.2f}{expanded / mb / baseline:>7.0f}{1:>7.2f}")
+    for inflater, mode, seconds, _found in timings:
+        name = f"regscan analyse_layer, {inflater}, {mode}"
+        print(f"{name:<52}{seconds:>9.2f}{expanded / mb / seconds:>7.0f}{seconds / baseline:>7.2f}")
+    inflater, mode, ours, found = timings[0]
+    print(
+        f"ratio: regscan ({inflater}, {mode}, the default) / baseline = {ours / baseline:.2f} "
+        f"(best of {runs} runs each)"
+    )
     idle, peak = found["idle_rss_kib"] / 1024, found["peak_rss_kib"] / 1024
     print(
         f"analysing process peak RSS: {peak:.0f} MiB ({idle:.0f} MiB before reading the "

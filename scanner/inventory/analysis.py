@@ -20,7 +20,13 @@ from scanner.errors import InvalidContent
 from scanner.inventory.overlay import merge
 from scanner.inventory.packages import Cataloger
 from scanner.inventory.results import DEFAULT_LIMITS, Inventory, LayerAnalysis, Limits
-from scanner.inventory.streams import CHUNK, Readable, layer_compression, tar_stream
+from scanner.inventory.streams import (
+    CHUNK,
+    INFLATER,
+    Readable,
+    layer_compression,
+    tar_stream,
+)
 from scanner.inventory.tar import LayerReader
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer
@@ -38,15 +44,21 @@ def analyse_layer(
     media_type: str,
     catalogers: Sequence[Cataloger],
     limits: Limits = DEFAULT_LIMITS,
+    inflater: str = INFLATER,
+    read_ahead: bool = True,
 ) -> LayerAnalysis:
     """Read a layer blob from ``stream`` (compressed as ``media_type`` says, or as its
     first bytes show) and record its packages, OS files and whiteouts.
 
     Raises ``InvalidContent`` naming the layer (and the member) for corrupt or truncated
-    streams, unsafe members, and anything over ``limits``.
+    streams, unsafe members, and anything over ``limits``. ``inflater`` and
+    ``read_ahead`` choose how gzip is inflated (see ``streams.tar_stream``), for the
+    benchmarks to compare; the defaults are the fastest.
     """
     reader = LayerReader(digest, catalogers, limits)
-    with tar_stream(stream, digest, media_type, limits) as expanded:
+    with tar_stream(
+        stream, digest, media_type, limits, inflater=inflater, read_ahead=read_ahead
+    ) as expanded:
         reader.read(expanded)
         expanded.drain()  # what follows the archive counts too, and must decompress
         reader.analysis.expanded_bytes = expanded.count
