@@ -258,6 +258,7 @@ def report(
         f"machine: {os.cpu_count()} cpus, {platform.python_implementation()} "
         f"{platform.python_version()}, {platform.system()} {platform.machine()}"
     )
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
