@@ -7,11 +7,12 @@ stream for a short one. The expanded stream is counted and refused past the limi
 (decompression bombs); corrupt or truncated streams raise ``InvalidContent``.
 
 gzip is inflated by ISA-L (the ``isal`` package) where its wheel is installed, else by
-the standard library's zlib: on real layers ISA-L inflates about twice as fast
-(``bench/analyse.py``). Decompression runs a few blocks ahead of the tar reader in a
-thread of its own (``ReadAhead``): downloading, hashing and inflating release the GIL,
-so on a second core they overlap the reading of the tar headers. The tar reader may
-skip forward without copying what it skips (``Expanded.seek``).
+the standard library's zlib: on real layers ISA-L takes half of zlib's CPU and less
+than zlib-ng's (``bench/analyse.py --layer debian``). Decompression runs a few blocks
+ahead of the tar reader in a thread of its own (``ReadAhead``): downloading, hashing
+and inflating release the GIL, so on a free core they overlap the reading of the tar
+headers. The tar reader skips forward without copying what it skips
+(``Expanded.seek``).
 """
 
 from __future__ import annotations
