@@ -172,8 +172,10 @@ class _Reading:
         return analysis
 
     def download(self, layer: Layer) -> LayerAnalysis:
-        """Analyse a layer from the registry; only a blob verified to its end counts."""
-        with self.client.open_blob(self.repository, layer.digest, size=layer.size) as blob:
+        """Analyse a layer from the registry; only a blob verified to its end counts. A
+        download that breaks off midway starts over (``RegistryClient.read_blob``)."""
+
+        def read(blob: BinaryIO) -> LayerAnalysis:
             try:
                 analysis = analyse_layer(
                     _Abandonable(blob, self.abandoned, layer.digest),
@@ -187,7 +189,9 @@ class _Reading:
                 _drain(blob)
                 raise
             _drain(blob)
-        return analysis
+            return analysis
+
+        return self.client.read_blob(self.repository, layer.digest, read, size=layer.size)
 
 
 class _Abandonable:
