@@ -178,7 +178,7 @@ class LayerReader:
         is_os_file = path in OS_FILES
         if not self.catalogers and not is_os_file:
             return
-        file = tar.extractfile(member)
+        file = _contents(tar, member)
         if file is None:
             return
         head = file.read(HEAD_BYTES)
@@ -218,6 +218,32 @@ class LayerReader:
                 spool.seek(0)
                 self.analysis.os_files[path] = _text(spool.read(OS_FILE_BYTES))
         self.analysis.packages[path] = found
+
+
+def _contents(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes] | None:
+    """The member's contents, read straight from the tar stream, which tarfile has left
+    at them: a head is read from every regular file of a layer, and tarfile's own file
+    object costs more than that read. Sparse members are left to tarfile, which knows
+    where their pieces go."""
+    if member.issparse():
+        return tar.extractfile(member)
+    return cast(IO[bytes], _Contents(cast(Expanded, tar.fileobj), member.size))
+
+
+class _Contents:
+    """The next ``size`` bytes of the stream."""
+
+    def __init__(self, stream: Expanded, size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def read(self, size: int = -1, /) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        if len(data) < size:
+            raise tarfile.ReadError("unexpected end of data")  # as tarfile's own says
+        self._left -= len(data)
+        return data
 
 
 def _special_kind(member: tarfile.TarInfo) -> str:
