@@ -7,7 +7,7 @@ Start at ``analysis``; the other modules are the steps it takes, in order.
   order).
 - ``results``: what the reading records (``LayerAnalysis``, ``Inventory``) and its
   ``Limits``.
-- ``streams``: a layer blob as a tar stream: gzip (ISA-L), zstd or plain, bounded,
+- ``streams``: a layer blob as a tar stream: gzip (zlib-ng), zstd or plain, bounded,
   decompressed ahead of the reader in a thread of its own.
 - ``tar``: the safe tar reader, member by member, handing files to the catalogers.
 - ``overlay``: the merge of the layers (whiteouts, opaque directories).

@@ -6,13 +6,14 @@ stream's frame and block headers are followed, because the decoder takes a trunc
 stream for a short one. The expanded stream is counted and refused past the limit
 (decompression bombs); corrupt or truncated streams raise ``InvalidContent``.
 
-gzip is inflated by ISA-L (the ``isal`` package) where its wheel is installed, else by
-the standard library's zlib: on real layers ISA-L takes half of zlib's CPU and less
-than zlib-ng's (``bench/analyse.py --layer debian``). Decompression runs a few blocks
-ahead of the tar reader in a thread of its own (``ReadAhead``): downloading, hashing
-and inflating release the GIL, so on a free core they overlap the reading of the tar
-headers. The tar reader skips forward without copying what it skips
-(``Expanded.seek``).
+gzip is inflated by zlib-ng (the ``zlib-ng`` package) where its wheel is installed,
+else by the standard library's zlib. ``bench/analyse.py`` measured ISA-L (``isal``)
+too: it spends less CPU on real layers, but there the tar walk sets the pace and both
+read a layer in the same time, while zlib-ng reads the benchmark's layer twice as fast.
+Decompression runs a few blocks ahead of the tar reader in a thread of its own
+(``ReadAhead``): downloading, hashing and inflating release the GIL, so on a free core
+they overlap the reading of the tar headers. The tar reader skips forward without
+copying what it skips (``Expanded.seek``).
 """
 
 from __future__ import annotations
@@ -64,21 +65,21 @@ class Inflater:
 
 
 def _inflaters() -> dict[str, Inflater]:
-    """The zlib implementations installed, the fastest first (``bench/analyse.py``)."""
+    """The zlib implementations installed, the default first (``bench/analyse.py``)."""
     found: dict[str, Inflater] = {}
-    try:
-        from isal import isal_zlib
-
-        found["isal"] = Inflater(
-            "isal", lambda: isal_zlib.decompressobj(_GZIP_WBITS), _error_class(isal_zlib.error)
-        )
-    except ImportError:  # no wheel for this platform: the standard library's zlib
-        log.info("isal is not installed; gzip layers are inflated by zlib")
     try:
         from zlib_ng import zlib_ng
 
         found["zlib-ng"] = Inflater(
             "zlib-ng", lambda: zlib_ng.decompressobj(_GZIP_WBITS), _error_class(zlib_ng.error)
+        )
+    except ImportError:  # no wheel for this platform: the standard library's zlib
+        log.info("zlib-ng is not installed; gzip layers are inflated by zlib")
+    try:
+        from isal import isal_zlib
+
+        found["isal"] = Inflater(
+            "isal", lambda: isal_zlib.decompressobj(_GZIP_WBITS), _error_class(isal_zlib.error)
         )
     except ImportError:  # only the benchmarks install it, to compare
         pass
