@@ -223,6 +223,16 @@ def start_job(session: Session, job_id: int, resume: int | None = None) -> ScanJ
     return session.get(ScanJob, job_id, populate_existing=True)
 
 
+def give_back_attempt(session: Session, job_id: int, token: int) -> None:
+    """The holder of ``token`` handed the job on in good order: its claim does not count
+    as an attempt lost."""
+    session.execute(
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.fencing_token == token, ScanJob.attempts > 0)
+        .values(attempts=ScanJob.attempts - 1)
+    )
+
+
 def withdraw_jobs(session: Session, job_ids: Iterable[int]) -> None:
     """Delete jobs that were committed but could not be published: nobody was told they
     exist, and no worker can have started them."""
