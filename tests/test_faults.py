@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from redis import Redis
 from sqlalchemy import func, select
 
+from core import keys
 from models import ScanResult
 from models.db import make_engine
 from regscan.db import upgrade
@@ -48,6 +50,26 @@ def test_a_stop_during_discovery_ends_the_sweep_stopped(
     assert done["discoveredAt"] is None
     status = api.get("/api/v1/statuses/registry").json()
     assert (status["scanID"], status["status"]) == (job_id, "stopped")
+
+
+def test_a_stop_whose_redis_flag_was_lost_still_stops_the_sweep(
+    api: Api, stack: Stack, pusher: Pusher, slow_registry: FaultProxy, name: str
+):
+    # Given a sweep still discovering, that the user stops
+    pusher.push_image(f"{name}/app", "1", {"a": b"1"})
+    slow_registry.delay(3, path_prefix="/v2/_catalog")
+    api.set_specs(spec(f"http://{slow_registry.host}", f"{name}/*"))
+    job_id = api.started()
+    wait_for(lambda: slow_registry.count("GET", "/v2/_catalog") >= 1, 20, "discovery to start")
+    assert api.post("/api/v1/registry/stop").json()["stopped"]["id"] == job_id
+
+    # When Redis loses the stop flag (a restart without persistence)
+    redis = Redis.from_url(stack.env["REGSCAN_REDIS_URL"])
+    assert redis.delete(keys.stop_flag(job_id)) == 1
+
+    # Then the sweep still ends stopped: the job row remembers the stop
+    done = api.wait_job(job_id, timeout=30)
+    assert done["status"] == "stopped", done
 
 
 def test_a_worker_killed_while_holding_a_layer_delays_the_sweep_by_the_lock_ttl_only(

@@ -3,7 +3,8 @@
 The orchestrator runs while it holds the regular-scan lease. It writes every
 discovered image as a pending row first, then hands at most ``scanners`` images
 per specification to the image queue at a time, so the broker never holds a
-sweep's whole backlog. Stop is a Redis flag, checked before each hand-out.
+sweep's whole backlog. Stop is a Redis flag, checked before each hand-out, and the
+job's status in the database, read at most once a second.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from sqlalchemy import select
 
 from core import keys
 from models import ItemStatus, JobKind, JobStatus, ScanJob, image_scans, jobs
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 DONE = "done"
 BUSY = "busy"
 POLL_SECONDS = 0.2
+STATUS_READ_SECONDS = 1.0
 
 # Set when this worker process begins a warm shutdown (worker/tasks.py): an orchestrator
 # hands its sweep to another worker instead of running it to its end, so a rolling
@@ -89,6 +93,8 @@ class Sweep:
         self.token = lease.token
         with rt.sessions() as session:
             self.specs = load_specs(session)
+        self._stopping = job.status is JobStatus.STOPPING
+        self._status_read_at = time.monotonic()
 
     def run(self) -> None:
         if self.job.discovered_at is None and not self.stop_requested():
@@ -105,7 +111,20 @@ class Sweep:
             raise Fenced(f"job {self.job.id}: lease lost")
         if SHUTTING_DOWN.is_set():
             raise HandOff
-        return bool(self.rt.redis.exists(keys.stop_flag(self.job.id)))
+        if self.rt.redis.exists(keys.stop_flag(self.job.id)):
+            return True
+        return self._stopping_in_database()
+
+    def _stopping_in_database(self) -> bool:
+        """The stop is also written to the job row: a Redis that restarted empty has lost
+        the flag, but not the user's word. Read at most once a second."""
+        now = time.monotonic()
+        if now - self._status_read_at >= STATUS_READ_SECONDS:
+            self._status_read_at = now
+            with self.rt.sessions() as session:
+                status = session.scalar(select(ScanJob.status).where(ScanJob.id == self.job.id))
+            self._stopping = status is JobStatus.STOPPING
+        return self._stopping
 
     # -- discovery ----------------------------------------------------------------
 
