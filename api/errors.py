@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.exc import InterfaceError as DBAPIInterfaceError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -114,6 +115,13 @@ def install(app: FastAPI) -> None:
     async def _redis_down(_request: Request, exc: Exception) -> JSONResponse:
         log.warning("Redis unavailable: %s", exc.__class__.__name__)
         return err(503, "the queue (Redis) is not answering; ask again shortly", _RETRY)
+
+    # A value the database refuses (too long for its column, out of its range): the
+    # request's own fault. The bounds of the request models should catch it first.
+    @app.exception_handler(DBAPIDataError)
+    async def _refused_value(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database refused a value: %s", exc.__class__.__name__)
+        return err(400, "a value is too long or out of range for where it is stored")
 
     @app.exception_handler(DBAPIOperationalError)
     @app.exception_handler(DBAPIInterfaceError)

@@ -139,12 +139,12 @@ def _glob(kind: str, pattern: str, allowed: re.Pattern[str]) -> str:
 
 class Specification(Strict):
     version: StrictStr = "2"
-    registry: StrictStr
+    registry: StrictStr = Field(max_length=255)
     repository: StrictStr = ""
     tag: StrictStr = ""
     excludedRepositories: list[StrictStr] = Field(default_factory=list, max_length=MAX_PATTERNS)
     excludedTags: list[StrictStr] = Field(default_factory=list, max_length=MAX_PATTERNS)
-    credentialID: StrictStr = ""
+    credentialID: StrictStr = Field(default="", max_length=255)
     os: StrictStr = "linux"
     cap: StrictInt = Field(default=5, ge=0, le=MAX_CAP)
     scanners: StrictInt = Field(default=2, ge=1, le=64)

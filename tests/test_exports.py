@@ -148,3 +148,32 @@ def test_cyclonedx_document_of_an_image_is_valid_and_complete(
     assert vuln["ratings"][0]["severity"] == "high"
     missing = api.get("/api/v1/registry/cyclonedx", params={"name": f"{registry.host}/none:1"})
     assert missing.status_code == 404
+
+
+def test_a_package_name_no_package_url_can_hold_still_exports(
+    api: Api, pusher: Pusher, registry: RegistryServer, name: str
+):
+    # Given an image whose files name a package "@evil/" (a scope and no name)
+    odd = json.dumps({"name": "@evil/", "version": "1.0.0"}).encode()
+    fine = json.dumps({"name": "left-pad", "version": "1.3.0"}).encode()
+    pusher.push_image(
+        f"{name}/odd",
+        "1",
+        {
+            "app/node_modules/odd/package.json": odd,
+            "app/node_modules/left-pad/package.json": fine,
+        },
+    )
+    api.set_specs(
+        {"version": "2", "registry": f"http://{registry.host}", "repository": f"{name}/*"}
+    )
+    assert api.wait_job(api.started())["status"] == "completed"
+
+    # When its CycloneDX document is asked for
+    r = api.get("/api/v1/registry/cyclonedx", params={"name": f"{registry.host}/{name}/odd:1"})
+
+    # Then it is a valid document listing both, the odd one without a package URL
+    assert r.status_code == 200, r.text
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(r.text) is None
+    components = {c["name"]: c.get("purl") for c in json.loads(r.text)["components"]}
+    assert components == {"@evil/": None, "left-pad": "pkg:npm/left-pad@1.3.0"}

@@ -184,6 +184,28 @@ def test_s5_numbers_out_of_bounds_are_refused_clearly(api: Api, path: str, body:
     assert r.status_code == 400, r.text
 
 
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/tokens", {"name": "n" * 125, "team": "t", "role": "viewer"}),
+        ("POST", "/settings/scan", {"cron": "0 " * 100 + "*"}),
+        ("POST", "/settings/scan", {"timezone": "Europe/" + "x" * 100}),
+        ("PUT", "/settings/registry", {"specifications": [spec("r" * 300 + ".example")]}),
+        (
+            "PUT",
+            "/settings/registry",
+            {"specifications": [spec("r.example", credentialID="c" * 300)]},
+        ),
+    ],
+)
+def test_s5_strings_too_long_to_store_are_refused_clearly(
+    api: Api, method: str, path: str, body: dict
+):
+    r = api.request(method, V1 + path, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["err"]
+
+
 def test_s5_a_nul_in_basic_credentials_is_an_invalid_login(stack: Stack):
     anon = Api(stack.api.base, auth=("ad\x00min", "x"))
     assert anon.get(f"{V1}/registry").status_code == 401

@@ -205,14 +205,19 @@ _OS_PURL = (("var/lib/dpkg", "deb"), ("lib/apk", "apk"), ("rpm", "rpm"))
 _LANG_PURL = {"python": "pypi", "nodejs": "npm", "go": "golang", "jar": "maven"}
 
 
-def purl(p: dict[str, Any], distro: str) -> PackageURL:
-    """The package URL of an inventory entry (https://github.com/package-url/purl-spec)."""
+def purl(p: dict[str, Any], distro: str) -> PackageURL | None:
+    """The package URL of an inventory entry (https://github.com/package-url/purl-spec);
+    None for a name no package URL can hold (an image's files say what they like)."""
     if p["type"] == "package":
         kind = next(
             (t for prefix, t in _OS_PURL if p["path"].startswith(prefix) or prefix in p["path"]),
             "generic",
         )
-        return PackageURL(kind, distro or None, p["name"], p["version"])
-    kind = _LANG_PURL.get(p["type"], "generic")
-    namespace, _, name = p["name"].rpartition(":" if kind == "maven" else "/")
-    return PackageURL(kind, namespace or None, name, p["version"])
+        namespace, name = distro or None, p["name"]
+    else:
+        kind = _LANG_PURL.get(p["type"], "generic")
+        namespace, _, name = p["name"].rpartition(":" if kind == "maven" else "/")
+    try:
+        return PackageURL(kind, namespace or None, name, p["version"] or None)
+    except ValueError:
+        return None

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from api.deps import RawBody, State, User, Viewer
+from api.deps import Admin, RawBody, State, Viewer
 from api.errors import ApiError
 from api.openapi import body
 from api.schemas import RegistrySettings, Specification, parse_json_body
@@ -66,7 +66,7 @@ def get_registry_settings(caller: Viewer, state: State) -> dict[str, Any]:
 
 @router.put("/settings/registry", openapi_extra=body(RegistrySettings))
 def put_registry_settings(
-    user: User, state: State, body: RawBody, scanLater: bool = Query(False)
+    caller: Admin, state: State, body: RawBody, scanLater: bool = Query(False)
 ) -> dict[str, Any]:
     """Replace the whole configuration, then scan it unless ``scanLater=true``."""
     payload = parse_json_body(body)
@@ -77,12 +77,12 @@ def put_registry_settings(
         _check_credentials(session, specs)
         rows = spec_store.replace_specs(session, [_row_fields(s) for s in specs])
         saved = [spec_view(r) for r in rows]
-    return {"specifications": saved, **_maybe_scan(state, user, scanLater or not saved)}
+    return {"specifications": saved, **_maybe_scan(state, caller.name, scanLater or not saved)}
 
 
 @router.post("/settings/registry", openapi_extra=body(RegistrySettings | Specification))
 def add_registry_settings(
-    user: User, state: State, body: RawBody, scanLater: bool = Query(False)
+    caller: Admin, state: State, body: RawBody, scanLater: bool = Query(False)
 ) -> dict[str, Any]:
     """Append one specification (or ``{"specifications": [...]}``) to the configuration."""
     payload = parse_json_body(body)
@@ -96,7 +96,7 @@ def add_registry_settings(
         _check_credentials(session, specs)
         rows = spec_store.append_specs(session, [_row_fields(s) for s in specs])
         saved = [spec_view(r) for r in rows]
-    return {"specifications": saved, **_maybe_scan(state, user, scanLater)}
+    return {"specifications": saved, **_maybe_scan(state, caller.name, scanLater)}
 
 
 def _check_credentials(session: Session, specs: list[Specification]) -> None:

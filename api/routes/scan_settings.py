@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import Field, StrictInt, StrictStr
 from sqlalchemy.orm import Session
 
-from api.deps import RawBody, State, User
+from api.deps import Admin, RawBody, State, Viewer
 from api.errors import ApiError
 from api.openapi import body
 from api.schemas import Strict, parse_json_body
@@ -31,18 +31,18 @@ class ScanSettings(Strict):
 
     # At most ten years: beyond, the period means nothing and would overflow the column.
     registryScanPeriodMs: StrictInt | None = Field(default=None, le=315_360_000_000)
-    cron: StrictStr | None = None
-    timezone: StrictStr | None = None
+    cron: StrictStr | None = Field(default=None, max_length=128)
+    timezone: StrictStr | None = Field(default=None, max_length=64)
 
 
 @router.get("/settings/scan")
-def get_scan_settings(_user: User, state: State) -> dict[str, Any]:
+def get_scan_settings(_caller: Viewer, state: State) -> dict[str, Any]:
     with transaction(state.sessions) as session:
         return _view(session, state.settings, store.ensure_schedule(session))
 
 
 @router.post("/settings/scan", openapi_extra=body(ScanSettings))
-def post_scan_settings(_user: User, state: State, body: RawBody) -> dict[str, Any]:
+def post_scan_settings(_caller: Admin, state: State, body: RawBody) -> dict[str, Any]:
     """Change the given fields only; unknown fields and bad values are refused."""
     payload = parse_json_body(body)
     if not isinstance(payload, dict):

@@ -27,7 +27,8 @@ PREFIX_CHARS = 10
 
 
 class TokenRequest(Strict):
-    name: StrictStr = Field(min_length=1, max_length=128)
+    # At most 120: a token's requests are attributed to "token:<name>" (128 at most).
+    name: StrictStr = Field(min_length=1, max_length=120)
     team: StrictStr = Field(min_length=1, max_length=128)
     role: Literal["admin", "operator", "viewer"]
 
