@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from api import errors, openapi
-from api.auth import Authenticator, ensure_admin
+from api.auth import Authenticator, client_of, ensure_admin
 from api.deps import AppState, RawBody, State, User, Viewer
 from api.errors import ApiError
 from api.guards import RequestGuards
@@ -88,8 +88,7 @@ def create_app(config: Settings) -> FastAPI:
 def authenticate(request: Request, state: State, body: RawBody) -> dict[str, Any]:
     """``{"username", "password"}`` -> ``{"token"}``, a bearer token for later requests."""
     creds = Credentials.model_validate(parse_json_body(body) or {})
-    client = request.client.host if request.client else "unknown"
-    return {"token": state.auth.issue_token(creds.username, creds.password, client)}
+    return {"token": state.auth.issue_token(creds.username, creds.password, client_of(request))}
 
 
 def logout(request: Request, _user: Viewer, state: State) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import logging
 import secrets
 import threading
@@ -149,7 +150,7 @@ class Authenticator:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
-            return self._basic(value.strip(), _client(request))
+            return self._basic(value.strip(), client_of(request))
         if scheme.lower() == "bearer" and value.strip().startswith(API_TOKEN_PREFIX):
             return self._api_token(value.strip())
         if scheme.lower() == "bearer":
@@ -291,9 +292,20 @@ class Authenticator:
             return Principal(name=f"token:{row.name}", team=row.team, role=row.role)
 
 
-def _client(request: Request) -> str:
-    """The address failed logins are counted against (a proxy in front counts as one)."""
-    return request.client.host if request.client else "unknown"
+def client_of(request: Request) -> str:
+    """What failed logins are counted against: the client's IPv4 address, or the /64 of
+    its IPv6 one (one host is routinely given a whole /64 to pick addresses from). Behind
+    a proxy that is not among REGSCAN_TRUSTED_PROXIES, the proxy is the one client."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _user_principal(username: str, role: str) -> Principal:

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API listens on.")
+    trusted_proxies: str = Field(
+        default="",
+        max_length=4096,
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For "
+        "names the client (failed logins are counted per client). Empty: none, the "
+        "connecting address is the client.",
+    )
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
     login_failures: int = Field(
         default=10,

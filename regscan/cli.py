@@ -103,7 +103,18 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(exc)) from None
     host = args.host or settings.api_host
     port = args.port or settings.api_port
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    # X-Forwarded-For is believed from the configured proxies only: from anyone else, a
+    # guesser would name a new client address with every attempt.
+    proxies = settings.trusted_proxies.strip()
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
     return 0
 
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 import requests
+from redis import Redis
 from sqlalchemy import select
 
+from core import keys
 from core.callbacks import team_key
 from models import ScanJob
 from testbed.images import Pusher
@@ -500,6 +502,39 @@ def _login_seconds(api: Api, user: str) -> float:
     r = requests.get(api.base + f"{V1}/registry", auth=(user, "wrong"), timeout=30)
     assert r.status_code == 401, r.text
     return time.monotonic() - started
+
+
+def _wrong_login(api: Api, forwarded_for: str) -> int:
+    r = requests.get(
+        api.base + f"{V1}/registry",
+        auth=("xff-guesser", "wrong"),
+        headers={"X-Forwarded-For": forwarded_for},
+        timeout=30,
+    )
+    return r.status_code
+
+
+def test_s4_a_client_cannot_name_itself_anew_with_each_guess(stack: Stack):
+    # Given an API with no trusted proxies, and one that trusts the local address (and
+    # no failed logins counted yet from this host)
+    redis = Redis.from_url(stack.env["REGSCAN_REDIS_URL"])
+    for key in redis.scan_iter(keys.login_failures_of_client("*")):
+        redis.delete(key)
+    direct = stack.start_another_api("direct-api", env={"REGSCAN_LOGIN_FAILURES": "10"})
+    proxied = stack.start_another_api(
+        "proxied-api",
+        env={"REGSCAN_LOGIN_FAILURES": "10", "REGSCAN_TRUSTED_PROXIES": "127.0.0.1"},
+    )
+
+    # When a client makes eleven wrong guesses, each saying it is forwarded for another
+    # address
+    direct_answers = [_wrong_login(direct, f"203.0.113.{n}") for n in range(11)]
+
+    # Then the header is not believed: the eleventh is refused as the same client's
+    assert direct_answers == [401] * 10 + [429]
+    # ... unless it comes from a trusted proxy, whose clients are counted apart
+    assert [_wrong_login(proxied, "198.51.100.7") for _ in range(11)] == [401] * 10 + [429]
+    assert _wrong_login(proxied, "198.51.100.8") == 401
 
 
 def test_s4_a_flood_of_wrong_passwords_is_refused_and_leaves_other_users_served(
