@@ -29,6 +29,15 @@ def check_text(value: str) -> str | None:
     return f"contains the control character U+{ord(found.group()):04X}"
 
 
+def check_name(value: str) -> str | None:
+    """Why ``value`` may not name something (a team, a token, an event), or None: a
+    name is one line, since it is written into headers and log lines."""
+    found = re.search("[\t\n\r]", value)
+    if found is not None:
+        return f"contains the control character U+{ord(found.group()):04X}"
+    return check_text(value)
+
+
 class RequestGuards:
     """An ASGI middleware: 413 for a body over ``max_body_bytes`` (from Content-Length
     before anything is read, or while it streams in), 400 for a URL with control

@@ -186,6 +186,15 @@ def test_s5_numbers_out_of_bounds_are_refused_clearly(api: Api, path: str, body:
     assert r.status_code == 400, r.text
 
 
+@pytest.mark.parametrize("field", ["name", "team"])
+def test_s5_a_token_name_or_team_is_one_line(api: Api, field: str):
+    # A team is sent in the X-Regscan-Team header of callbacks and written to logs
+    body = {"name": "ci", "team": "build", "role": "operator", field: "x\r\nX-Injected: 1"}
+    r = api.post(V1 + "/tokens", json=body)
+    assert r.status_code == 400, r.text
+    assert "U+000D" in r.json()["err"]
+
+
 @pytest.mark.parametrize(
     "method, path, body",
     [

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
-from pydantic import Field, StrictStr
+from pydantic import Field, StrictStr, field_validator
 
 from api.auth import new_api_token
 from api.deps import MAX_ID, Admin, RawBody, State
 from api.errors import ApiError
+from api.guards import check_name
 from api.openapi import body
 from api.schemas import Strict, parse_json_body
 from core.views import ts
@@ -31,6 +32,14 @@ class TokenRequest(Strict):
     name: StrictStr = Field(min_length=1, max_length=120)
     team: StrictStr = Field(min_length=1, max_length=128)
     role: Literal["admin", "operator", "viewer"]
+
+    @field_validator("name", "team")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        why = check_name(v)
+        if why is not None:
+            raise ValueError(why)
+        return v
 
 
 def token_view(row: ApiToken) -> dict[str, Any]:

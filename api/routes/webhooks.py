@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from api.deps import RawBody, State
 from api.errors import ApiError
-from api.guards import check_text
+from api.guards import check_name
 from api.openapi import body
 from core.reference import ImageRef, parse_registry
 from core.secrets import webhook_secret
@@ -174,7 +174,7 @@ def distribution_push(event: Any, host: str | None) -> Push | None:
     event_id = event.get("id")
     if not target.get("tag") or not isinstance(event_id, str) or not event_id:
         return None  # by digest only: a child of an index whose tagged push follows
-    if check_text(event_id) is not None:
+    if check_name(event_id) is not None:
         return None
     request = event.get("request")
     host = host or _url_host(target.get("url"))
