@@ -141,10 +141,6 @@ class Authenticator:
         with transaction(self.sessions) as session:
             return users.delete_token(session, _sha256(token))
 
-    def user_of(self, request: Request) -> str:
-        """The user a request is made by; 401 with a clear message otherwise."""
-        return self.principal_of(request).name
-
     def principal_of(self, request: Request) -> Principal:
         """Who a request is made by, with team and role; 401 with a clear message otherwise."""
         header = request.headers.get("authorization", "")

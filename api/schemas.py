@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -20,6 +19,7 @@ from pydantic import (
 
 from api.errors import ApiError
 from api.guards import MAX_JSON_DEPTH, walk_strings
+from core.callbacks import form_problem
 from core.reference import ImageRef, parse_registry
 
 # Curly quotes, as word processors and web pages print them (written as escapes).
@@ -64,10 +64,11 @@ class Strict(BaseModel):
 
 
 def validate_callback_url(url: str) -> str:
-    """An absolute http(s) URL with a host: where a job's final state is POSTed."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"callbackUrl {url!r} must be an absolute http:// or https:// URL")
+    """Where a job's final state is POSTed, by its form; where it leads is checked when
+    the job is accepted and again when the callback is sent (core.callbacks)."""
+    problem = form_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
     if len(url) > MAX_CALLBACK_URL:
         raise ValueError(f"callbackUrl is longer than {MAX_CALLBACK_URL} characters")
     return url

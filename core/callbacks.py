@@ -71,23 +71,34 @@ class Destination:
     addresses: tuple[str, ...]
 
 
+def form_problem(url: str) -> str | None:
+    """What is wrong with the form of a callback URL, or None: it must be an absolute
+    http(s) URL with a host and a valid port, and carry no credentials."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "callbackUrl must be an absolute http:// or https:// URL"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "callbackUrl must not carry credentials (user:password@): verify the signature instead"
+        )
+    try:
+        _ = parts.port  # urllib raises on a port out of range or not a number
+    except ValueError:
+        return "callbackUrl has an invalid port"
+    return None
+
+
 def destination(url: str, allowed: Allowed) -> Destination:
     """Check ``url`` and resolve it; raises :class:`RefusedDestination` saying why not.
 
     Resolving is part of the check: the addresses returned are the ones to connect to,
     so that what was checked is what is reached."""
+    problem = form_problem(url)
+    if problem is not None:
+        raise RefusedDestination(problem)
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RefusedDestination("callbackUrl must be an absolute http:// or https:// URL")
-    if parts.username is not None or parts.password is not None:
-        raise RefusedDestination(
-            "callbackUrl must not carry credentials (user:password@): verify the signature instead"
-        )
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise RefusedDestination("callbackUrl has an invalid port") from None
-    host = parts.hostname.lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
     addresses = _resolve(host, port)
     if host not in allowed.hosts:
         for ip in addresses:

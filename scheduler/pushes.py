@@ -15,7 +15,6 @@ from scheduler.errors import OutOfScope
 log = logging.getLogger(__name__)
 
 SCANNED = "scanned"
-IGNORED = "ignored"
 OUT_OF_SCOPE = "out-of-scope"
 DUPLICATE = "duplicate"
 

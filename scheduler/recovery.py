@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -68,22 +68,23 @@ class Recovery:
     def _reap_regular(self) -> list[int]:
         if self.redis.exists(keys.REGULAR_LOCK):
             return []  # a live holder renews the lock; nothing is orphaned
-        stale = older_than(self.settings.lock_ttl_seconds)
+        silence = self.settings.lock_ttl_seconds
         statuses = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.STOPPING)
-        return self._republish(statuses, stale, REGULAR_KINDS)
+        return self._republish(statuses, silence, REGULAR_KINDS)
 
     def _reap_on_demand(self) -> list[int]:
-        stale = older_than(self.settings.ondemand_stale_seconds)
+        silence = self.settings.ondemand_stale_seconds
         # Only scans a worker took and went silent on: waiting ones are requeue's concern.
-        return self._republish((JobStatus.RUNNING,), stale, (JobKind.ON_DEMAND,))
+        return self._republish((JobStatus.RUNNING,), silence, (JobKind.ON_DEMAND,))
 
     def _republish(
-        self, statuses: Iterable[JobStatus], stale: datetime, kinds: Iterable[JobKind]
+        self, statuses: Iterable[JobStatus], silence: float, kinds: Iterable[JobKind]
     ) -> list[int]:
+        """Publish again the jobs of ``kinds`` silent for ``silence`` seconds."""
         handled = []
         failed: list[int] = []
         with self.sessions() as session:
-            candidates = jobs.stale_jobs(session, statuses, stale)
+            candidates = jobs.stale_jobs(session, statuses, older_than(silence))
         for job_id in candidates:
             with transaction(self.sessions) as session:
                 job = session.get(ScanJob, job_id)
@@ -94,7 +95,7 @@ class Recovery:
                 if job.attempts >= self.settings.max_attempts:
                     reason = (
                         f"worker lost {job.attempts} times (no heartbeat for "
-                        f"{self.settings.lock_ttl_seconds:g}s); giving up"
+                        f"{silence:g}s); giving up"
                     )
                     finish_job(session, job_id, job.fencing_token, JobStatus.FAILED, reason)
                     handled.append(job_id)

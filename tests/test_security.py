@@ -523,12 +523,19 @@ def _wrong_login(api: Api, forwarded_for: str) -> int:
     return r.status_code
 
 
-def test_s4_a_client_cannot_name_itself_anew_with_each_guess(stack: Stack):
-    # Given an API with no trusted proxies, and one that trusts the local address (and
-    # no failed logins counted yet from this host)
+def _forget_failed_logins(stack: Stack) -> None:
     redis = Redis.from_url(stack.env["REGSCAN_REDIS_URL"])
     for key in redis.scan_iter(keys.login_failures_of_client("*")):
         redis.delete(key)
+
+
+def test_s4_a_client_cannot_name_itself_anew_with_each_guess(
+    stack: Stack, request: pytest.FixtureRequest
+):
+    # Given an API with no trusted proxies, and one that trusts the local address (and
+    # no failed logins counted yet from this host)
+    _forget_failed_logins(stack)
+    request.addfinalizer(lambda: _forget_failed_logins(stack))
     direct = stack.start_another_api("direct-api", env={"REGSCAN_LOGIN_FAILURES": "10"})
     proxied = stack.start_another_api(
         "proxied-api",

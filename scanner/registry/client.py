@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -43,6 +43,7 @@ from scanner.errors import (
     RegistryUnavailable,
     ScanError,
 )
+from scanner.registry.auth import origin
 from scanner.registry.blobs import VerifiedBlob
 from scanner.registry.manifests import (
     ACCEPT,
@@ -69,7 +70,6 @@ T = TypeVar("T")
 _MAX_PAGE_BYTES = 8 << 20
 _MAX_ERROR_BYTES = 8 << 10
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")  # as the distribution spec names them
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _POOL_SIZE = 32  # connections kept open per host
 
 
@@ -321,7 +321,7 @@ class RegistryClient:
         if not link:
             return None
         target = urljoin(current, link)
-        if _origin(target) != _origin(self.base_url):
+        if origin(target) != origin(self.base_url):
             raise RegistryProtocolError(f"{what}: next page {target} is on another host")
         return target
 
@@ -410,11 +410,6 @@ def _valid_names(items: list[Any], key: str, what: str) -> list[str]:
         except (ValueError, TypeError):
             log.warning("%s: skipping invalid name %r", what, item)
     return valid
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname or "", parts.port or _DEFAULT_PORTS.get(parts.scheme)
 
 
 def _detail(response: requests.Response) -> str:
