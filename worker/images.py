@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import keys
+from core.logs import log_context
 from models import Image, ImageScan, ItemStatus, JobKind, JobStatus, image_scans, jobs, results
 from models.db import transaction
 from models.fencing import Fenced, finish_item, finish_job
@@ -20,6 +21,7 @@ from scanner.registry.images import PlatformImage, resolve_image
 from worker import rematch
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
+from worker.telemetry import image_scan
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,21 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
         log.info("image_scan=%s attempt=%s is stale; skipped", item_id, attempt)
         return
     checkpoint = _stop_checkpoint(rt, item.job_id) if stoppable else _no_checkpoint
-    try:
-        checkpoint()
-        found = _scan(rt, item, checkpoint)
-    except ScanStopped:
-        _write(rt, item, attempt, ItemStatus.SKIPPED, None)
-    except ScanError as exc:
-        log.warning("image_scan=%s failed: %s", item.id, exc)
-        _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
-    else:
-        _write(rt, item, attempt, ItemStatus.DONE, found)
+    name = f"{item.registry_host}/{item.repository}:{item.tag or item.digest}"
+    kind = "regular" if stoppable else "on-demand"
+    with log_context(job=item.job_id, image=name), image_scan(kind) as outcome:
+        try:
+            checkpoint()
+            found = _scan(rt, item, checkpoint)
+        except ScanStopped:
+            outcome.skipped()
+            _write(rt, item, attempt, ItemStatus.SKIPPED, None)
+        except ScanError as exc:
+            outcome.failed(exc)
+            log.warning("image_scan=%s failed: %s", item.id, exc)
+            _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
+        else:
+            _write(rt, item, attempt, ItemStatus.DONE, found)
 
 
 def scan_on_demand(rt: Runtime, job_id: int, *, again: bool = False) -> None:
@@ -60,8 +67,14 @@ def scan_on_demand(rt: Runtime, job_id: int, *, again: bool = False) -> None:
         job = jobs.start_job(session, job_id, statuses)
         if job is None or job.kind is not JobKind.ON_DEMAND:
             return
+        team, target = job.team, job.target_name
         image_scans.reset_in_flight(session, job_id)
         handed = image_scans.queue_items(session, job_id, None, 1, None)
+    with log_context(job=job_id, team=team, image=target):
+        _run_on_demand(rt, job_id, handed)
+
+
+def _run_on_demand(rt: Runtime, job_id: int, handed: list[tuple[int, int]]) -> None:
     for item_id, attempt in handed:
         scan_item(rt, item_id, attempt, stoppable=False)
     with transaction(rt.sessions) as session:
