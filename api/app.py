@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from api import errors
+from api import errors, health, metrics
 from api.auth import Authenticator, ensure_admin
 from api.deps import AppState, RawBody, State
 from api.errors import ApiError
@@ -41,7 +41,9 @@ def check_version(version: str) -> None:
         )
 
 
-def create_app(config: Settings) -> FastAPI:
+def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
+    """The API, the dashboard and the observability endpoints. ``schema_head`` is the
+    newest migration: ``/readyz`` fails while the database is behind it."""
     wiring = wire(config)
     sessions = wiring.sessions
     check_key(config)
@@ -71,6 +73,8 @@ def create_app(config: Settings) -> FastAPI:
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)
+    health.install(app, health.Readiness(sessions, config.redis_url, schema_head))
+    metrics.install(app)
     return app
 
 

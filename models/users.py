@@ -60,3 +60,7 @@ def user_for_token(session: Session, token_hash: str) -> User | None:
         .where(AuthToken.token_hash == token_hash, AuthToken.expires_at > utcnow())
     )
     return session.scalar(stmt)
+
+
+def drop_token(session: Session, token_hash: str) -> None:
+    session.execute(delete(AuthToken).where(AuthToken.token_hash == token_hash))
