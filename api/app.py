@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from api import errors, health, metrics
+from api import dashboard, errors, health, metrics
 from api.auth import Authenticator, ensure_admin
 from api.deps import AppState, RawBody, State
 from api.errors import ApiError
@@ -75,6 +75,7 @@ def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
     app.include_router(versioned)
     health.install(app, health.Readiness(sessions, config.redis_url, schema_head))
     metrics.install(app)
+    dashboard.install(app)
     return app
 
 
