@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -166,6 +167,20 @@ class JsonLineFormatter(JsonFormatter):
         return redact(super().format(record))
 
 
+def say_as_json(message: str, stream: Any = None) -> None:
+    """Write ``message`` as one JSON line straight to a stream's file descriptor, taking
+    no lock: for what Celery prints from its signal handlers ("worker: Warm shutdown")."""
+    entry = {
+        "time": datetime.now(UTC).isoformat(),
+        "level": "INFO",
+        "logger": "celery.apps.worker",
+        "message": redact(str(message)),
+        "process": os.getpid(),
+    }
+    out = stream if stream is not None else sys.__stderr__
+    os.write(out.fileno() if out is not None else 2, (json.dumps(entry) + "\n").encode())
+
+
 def formatter(settings: Settings) -> logging.Formatter:
     return JsonLineFormatter() if settings.log_format == "json" else TextFormatter()
 
@@ -180,3 +195,5 @@ def configure(settings: Settings, level: int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Python's warnings too, or they would be printed as lines of their own.
+    logging.captureWarnings(True)

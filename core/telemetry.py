@@ -171,7 +171,7 @@ def read_totals(
         if base_name in parts:
             _add_part(parts[base_name], labels, part, value)
     histograms = {
-        name: {labels: p.histogram() for labels, p in found.items()}
+        name: {labels: p.histogram(HISTOGRAMS[name][2]) for labels, p in found.items()}
         for name, found in parts.items()
     }
     return counters, histograms
@@ -185,10 +185,10 @@ class _Parts:
     sum: float = 0.0
     count: float = 0.0
 
-    def histogram(self) -> Histogram:
-        buckets = sorted(self.buckets.items())
-        if not buckets or buckets[-1][0] != float("inf"):
-            buckets.append((float("inf"), self.count))
+    def histogram(self, bounds: tuple[float, ...]) -> Histogram:
+        # A bucket no observation reached was never written: it holds none.
+        buckets = [(bound, self.buckets.get(bound, 0.0)) for bound in bounds]
+        buckets.append((float("inf"), self.buckets.get(float("inf"), self.count)))
         return Histogram(buckets=buckets, sum=self.sum, count=self.count)
 
 

@@ -150,11 +150,20 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     argv += ["--queues", ",".join(QUEUE_NAMES[q] for q in names), "--loglevel", "INFO"]
     argv += ["--without-gossip", "--without-mingle"]
     if settings.log_format == "json":
-        argv.append("--quiet")  # the start-up banner is not a JSON line
+        _celery_says_json()
+        argv.insert(0, "--quiet")  # Celery's start-up banner is not a JSON line
     if args.name:
         argv += ["--hostname", args.name]
     app.worker_main(argv)
     return 0
+
+
+def _celery_says_json() -> None:
+    """Celery prints a line from its signal handlers ("worker: Warm shutdown") with its
+    own lock-free ``safe_say``; have that line be JSON like every other."""
+    import celery.apps.worker
+
+    celery.apps.worker.safe_say = logs.say_as_json
 
 
 def cmd_worker_check(args: argparse.Namespace, settings: Settings) -> int:

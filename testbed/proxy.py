@@ -527,7 +527,6 @@ class FaultProxy:
                     client.sendall(data)
             return persist
 
-
     def _relay_cut(self, upstream: BinaryIO, client: socket.socket, cut: _Rule) -> None:
         """The first ``cut.after`` bytes of the body as they come, then the fault."""
         left = cut.after

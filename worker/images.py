@@ -54,6 +54,7 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
             _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
         else:
             _write(rt, item, attempt, ItemStatus.DONE, found)
+            log.info("image_scan=%s scanned: %d platform images", item.id, len(found))
 
 
 def scan_on_demand(rt: Runtime, job_id: int, *, again: bool = False) -> None:
