@@ -27,7 +27,7 @@ class Chart:
     height: int
     bars: list[Bar]
     highest: int
-    labels: list[tuple[float, str]]  # x, text: the first day, every week, the last day
+    labels: list[tuple[float, str]]  # x, text: today and every week before it
 
 
 def stacked_bars(
@@ -47,9 +47,10 @@ def stacked_bars(
             y -= h
             title = f"{day.isoformat()}: {value} {severity}"
             bars.append(Bar(n * slot + 1, y, max(slot - 2, 1), h, severity, title))
-    labels = [
+    last = len(series) - 1
+    labels = [  # today, and every week before it
         (n * slot + slot / 2, day.strftime("%b %d"))
         for n, (day, _c) in enumerate(series)
-        if n % 7 == 0 or n == len(series) - 1
+        if (last - n) % 7 == 0
     ]
     return Chart(width, height, bars, highest, labels)

@@ -132,10 +132,12 @@ def _mac(token: str) -> str:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """A URL-encoded form (the only kind the dashboard sends), first value of each field."""
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        raise PageError(415, "send the form from the dashboard")
+    """A URL-encoded form (the only kind the dashboard sends), first value of each field.
+    An empty body is an empty form (its CSRF check then fails)."""
     body = await request.body()
+    kind = request.headers.get("content-type", "")
+    if body and not kind.startswith("application/x-www-form-urlencoded"):
+        raise PageError(415, "send the form from the dashboard")
     if len(body) > MAX_FORM_BYTES:
         raise PageError(413, "the form is too large")
     try:
