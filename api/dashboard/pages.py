@@ -75,7 +75,10 @@ def install(app: FastAPI) -> None:
 def render(
     request: Request, template: str, who: Principal | None, status: int = 200, **context: Any
 ) -> Response:
-    flash = session.take_flash(request, Response())
+    # A live part fetched in the background must not swallow the message meant for the
+    # page the browser is about to show.
+    fragment = template.startswith("_")
+    flash = "" if fragment else session.read_flash(request)
     base = {
         "who": who,
         "can_operate": who is not None and who.may("operator"),
@@ -88,7 +91,7 @@ def render(
     )
     response.headers.update(SECURITY_HEADERS)
     if flash:
-        response.delete_cookie(session.FLASH_COOKIE, path="/")
+        session.clear_flash(response)
     return response
 
 

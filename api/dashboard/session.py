@@ -154,11 +154,13 @@ def flash(response: Response, message: str) -> None:
     )
 
 
-def take_flash(request: Request, response: Response) -> str:
-    message = unquote(request.cookies.get(FLASH_COOKIE, ""))
-    if message:
-        response.delete_cookie(FLASH_COOKIE, path="/")
-    return message
+def read_flash(request: Request) -> str:
+    """The message waiting for this page; the page clears it (:func:`clear_flash`)."""
+    return unquote(request.cookies.get(FLASH_COOKIE, ""))
+
+
+def clear_flash(response: Response) -> None:
+    response.delete_cookie(FLASH_COOKIE, path="/")
 
 
 def safe_next(target: str) -> str:

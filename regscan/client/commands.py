@@ -27,6 +27,7 @@ from regscan.client.config import Login, forget_login, load_login, login_file, s
 
 Handler = Callable[[argparse.Namespace], int]
 FORMATS = ("table", "json", "csv", "cyclonedx")
+MIN_INTERVAL = 0.2  # seconds between polls: following a scan must not load the server
 
 
 def add_commands(sub: Any) -> None:
@@ -49,7 +50,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--queue", action="store_true", help="wait in line behind a running scan")
     p.add_argument("--wait", action="store_true", help="wait until the scan ends")
     p.add_argument("--follow", action="store_true", help="show its progress until it ends")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between polls (at least 0.2)"
+    )
     _gate_options(p)
     _handle(p, cmd_scan)
 
@@ -192,7 +195,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     print(f"{kind} scan {job['id']} of {what}: {job['status']}")
     if not (args.wait or args.follow or args.exit_code is not None):
         return 0
-    follower = follow.Follower(client, int(job["id"]), args.interval)
+    follower = follow.Follower(client, int(job["id"]), max(args.interval, MIN_INTERVAL))
     if args.follow and sys.stdout.isatty():
         job = follow.follow_live(follower, Console())
     elif args.follow:
