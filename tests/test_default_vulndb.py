@@ -180,12 +180,13 @@ def test_a_standalone_with_no_sources_fetches_the_exports_its_images_need(
     # Then GET /vulndb says the sources are failing, and the findings stay
     def failing() -> dict[str, Any] | None:
         now = api.get("/api/v1/vulndb").json()
-        return now if now["status"] == "failing" else None
+        every = {s["status"] for s in now["sources"]} == {"failing"}
+        return now if now["status"] == "failing" and every else None
 
-    status = wait_for(failing, 60, "the sources to be reported failing")
+    status = wait_for(failing, 60, "both sources to be reported failing")
+    assert "2 of 2 vulnerability data sources failing" in status["message"]
     assert "cannot be reached" in status["message"]
     assert "matching goes on with the 2 records already stored" in status["message"]
-    assert {s["status"] for s in status["sources"]} == {"failing"}
     assert found() == {"CVE-2099-0001", "GHSA-aaaa-bbbb-cccc"}
 
     # And the command line says so too, in one line per source, without a traceback
