@@ -1,4 +1,6 @@
-"""The ``regscan`` command: api, worker, db, vulndb, standalone."""
+"""The ``regscan`` command: the services (api, worker, scheduler, standalone), the
+schema and vulnerability data (db, vulndb), probes (worker-check), and the client
+commands of :mod:`regscan.client` (login, scan, stop, jobs, status, results)."""
 
 from __future__ import annotations
 

@@ -131,6 +131,8 @@ def render(snap: Snapshot, rate: Rate) -> RenderableType:
         (snap.status, STATUS_STYLE.get(snap.status, "")),
         f" · {snap.what}",
     )
+    if snap.status == "queued":
+        return Group(title, Spinner("dots", text="waiting for a worker"))
     if snap.discovering:
         return Group(title, Spinner("dots", text=f"discovering images: {snap.total} found"))
     row = Table.grid(padding=(0, 1))
