@@ -16,6 +16,7 @@ from sqlalchemy.exc import InterfaceError as DBAPIInterfaceError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.guards import BodyTooLarge
 from scheduler.errors import (
     Busy,
     NoSpecifications,
@@ -92,6 +93,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TeamOverLimit)
     async def _over_limit(_request: Request, exc: TeamOverLimit) -> JSONResponse:
         return err(429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return err(413, str(exc))
 
     @app.exception_handler(Busy)
     async def _busy(_request: Request, exc: Busy) -> JSONResponse:

@@ -42,6 +42,11 @@ regscan:metrics                    hash of the workers' counters and histogram b
                                    (core/telemetry.py): field = metric name and labels as
                                    JSON, value = the cluster-wide total; HINCRBYFLOAT by
                                    each worker's flush, HGETALL by the API's /metrics.
+regscan:login:client:<address>     count of failed logins from one client address in the
+                                   current window; INCR, EXPIRE login_window_seconds.
+                                   Past login_failures, logins from it are refused (429).
+regscan:login:user:<sha256>        the same, per user name (its SHA-256: names are
+                                   whatever a client sends).
 regscan:housekeeping               the node name of the worker that pruned expired
                                    idempotency keys, old push events and data changes every
                                    image is past this hour; SET NX EX 3600, so one worker
@@ -87,6 +92,14 @@ def fair_team(team: str) -> str:
 CALLBACK_RESENT_SECONDS = 3600
 HOUSEKEEPING = "regscan:housekeeping"
 HOUSEKEEPING_SECONDS = 3600
+
+
+def login_failures_of_client(address: str) -> str:
+    return f"regscan:login:client:{address}"
+
+
+def login_failures_of_user(username_sha256: str) -> str:
+    return f"regscan:login:user:{username_sha256}"
 
 
 def callback_resent(job_id: int) -> str:

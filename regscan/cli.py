@@ -5,6 +5,7 @@ commands of :mod:`regscan.client` (login, scan, stop, jobs, status, results)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pydantic import ValidationError
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # What regscan writes (a SQLite database and its journal, the key file, the
+    # standalone's Redis files, the client's login) is for the service's user alone.
+    os.umask(0o077)
     try:
         settings = get_settings()
     except ValidationError as exc:

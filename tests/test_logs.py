@@ -150,7 +150,7 @@ def test_every_line_is_json_with_context_and_no_secret_anywhere(logged: Logged, 
     assert api.wait_job(api.started())["status"] == "completed"
     missing = {"registry": host, "repo": repo, "tag": "missing"}
     failed = api.started(
-        {"onDemandScan": True, "tag": missing, "callbackUrl": f"http://127.0.0.1:{free_port()}/"}
+        {"onDemandScan": True, "tag": missing, "callbackUrl": f"http://localhost:{free_port()}/"}
     )
     assert api.wait_job(failed)["status"] == "failed"
     api.set_specs(

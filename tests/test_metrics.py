@@ -65,7 +65,8 @@ class Receiver:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/done"
+        # By name: callbacks go to loopback only through REGSCAN_CALLBACK_ALLOW.
+        self.url = f"http://localhost:{self.server.server_address[1]}/done"
 
 
 @pytest.fixture

@@ -17,7 +17,9 @@ from models.fencing import Fenced, finish_item, finish_job
 from scanner.errors import ScanError, ScanStopped
 from scanner.inventory.packages import ANALYSER_VERSION
 from scanner.inventory.results import Inventory
+from scanner.registry.client import RegistryClient
 from scanner.registry.images import PlatformImage, resolve_image
+from scanner.registry.manifests import INDEX_TYPES
 from worker import rematch
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
@@ -48,6 +50,11 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
         except ScanStopped:
             outcome.skipped()
             _write(rt, item, attempt, ItemStatus.SKIPPED, None)
+        except TagMismatch as exc:
+            # A refusal, not a scan: the tag's results stay as they were.
+            outcome.failed(exc)
+            log.warning("image_scan=%s refused: %s", item.id, exc)
+            _write(rt, item, attempt, ItemStatus.FAILED, str(exc), record=False)
         except ScanError as exc:
             outcome.failed(exc)
             log.warning("image_scan=%s failed: %s", item.id, exc)
@@ -98,6 +105,8 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
     # Only the specification's os: a Linux scan leaves out the Windows images of an index.
     platforms = {item.os} if item.os else None
     with rt.registry_client(item.registry_url, item.credential_id) as client:
+        if item.tag and item.digest:
+            _check_tag_points_at(client, item)
         images = resolve_image(
             client,
             item.repository,
@@ -125,13 +134,41 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
         return found
 
 
+class TagMismatch(ScanError):
+    """A tag and a digest asked for together that do not agree."""
+
+
+def _check_tag_points_at(client: RegistryClient, item: ImageScan) -> None:
+    """A tag and a digest asked for together must agree: the digest is the tag's, or one
+    of the platform images of the index the tag names. Otherwise the result would be
+    stored under a tag that never held the image."""
+    tagged = client.head_manifest(item.repository, item.tag)
+    if tagged.digest == item.digest:
+        return
+    if tagged.media_type in INDEX_TYPES:
+        index = client.get_manifest(item.repository, item.tag)
+        children = index.body.get("manifests")
+        if isinstance(children, list) and any(
+            isinstance(c, dict) and c.get("digest") == item.digest for c in children
+        ):
+            return
+    raise TagMismatch(
+        f"tag {item.tag} of {item.registry_host}/{item.repository} points at "
+        f"{tagged.digest}, not at {item.digest}: ask for the tag or the digest alone"
+    )
+
+
 def _write(
     rt: Runtime,
     item: ImageScan,
     attempt: int,
     status: ItemStatus,
     found: Found | str | None,
+    *,
+    record: bool = True,
 ) -> None:
+    """End the item with ``status``, storing what was found, or with ``found`` as its
+    error (also shown as the tag's latest result, unless ``record`` is False)."""
     away: OperationalError | None = None
     for tries in range(WRITE_TRIES):
         try:
@@ -148,7 +185,7 @@ def _write(
                     # Findings in the same transaction: a result is never seen without them.
                     for image_id in {r.image_id for r in stored if r.image_id is not None}:
                         rematch.match_image(session, session.get_one(Image, image_id))
-                elif error is not None:
+                elif error is not None and record:
                     results.record_failure(session, item, error)
             return
         except IntegrityError as exc:

@@ -20,7 +20,7 @@ from core.tasks import Publisher
 from models import credentials as credential_store
 from scanner.errors import ScanError
 from scanner.registry.auth import RegistryAuth
-from scanner.registry.client import RegistryClient
+from scanner.registry.client import RegistryClient, SessionPool
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire
@@ -114,9 +114,12 @@ class Runtime:
     admission: Admission
     recovery: Recovery
     auths: RegistryAuths = field(init=False, repr=False)
+    # Kept for the process: each scan reuses the connections the last one left open.
+    registry_sessions: SessionPool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.auths = RegistryAuths(self.settings, self.sessions)
+        self.registry_sessions = SessionPool()
 
     @classmethod
     def wired(cls, wiring: Wiring) -> Runtime:
@@ -136,6 +139,7 @@ class Runtime:
             retries=s.registry_retries,
             backoff=s.registry_backoff,
             backoff_max=s.registry_backoff_max,
+            pool=self.registry_sessions,
             auth=CountedRequests(
                 self.auths.for_registry(base_url, credential_id), parse_registry(base_url).host
             ),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 
-import requests
 from celery.signals import (
     setup_logging,
     task_postrun,
@@ -89,7 +88,7 @@ def rematch_next() -> None:
 @app.task(
     name="regscan.deliver_callback",
     bind=True,
-    autoretry_for=(callbacks.RetryableDelivery, requests.ConnectionError, requests.Timeout),
+    autoretry_for=(callbacks.RetryableDelivery,),
     retry_backoff=True,
     retry_backoff_max=600,
     retry_jitter=True,

@@ -43,7 +43,8 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
 KINDS = Literal["regular-all", "regular-image", "regular-select", "on-demand"]
 # What a page may load and where its forms may go: this site only. No inline script
 # or style (htmx is told not to add its own), no framing (the buttons cannot be
-# clicked through another site's page).
+# clicked through another site's page). Caching is refused for every answer by
+# api/guards.py.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -52,7 +53,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
 }
 # Refusals of the scheduler, said to a person as they are.
 REFUSED = (ScanConflict, NoSpecifications, OutOfScope, TeamOverLimit, Busy, Unavailable)
@@ -219,7 +219,8 @@ async def login(request: Request) -> Response:
             user, password = form.get("username", "").strip(), form.get("password", "")
             _bounded(user, 128, "the user name")
             _bounded(password, 1024, "the password")
-            token = await run_in_threadpool(auth.issue_token, user, password)
+            client = request.client.host if request.client else "unknown"
+            token = await run_in_threadpool(auth.issue_token, user, password, client)
             max_age = settings.token_ttl_seconds
     except ApiError as exc:
         return _login_page(request, target, exc.message, exc.status)

@@ -40,11 +40,19 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-@router.get("/registry/download")
+class CsvResponse(StreamingResponse):
+    media_type = "text/csv"
+
+
+class CycloneDxResponse(Response):
+    media_type = "application/vnd.cyclonedx+json"
+
+
+@router.get("/registry/download", response_class=CsvResponse)
 def download(_user: User, state: State, flt: Filter) -> StreamingResponse:
     """One CSV row per image and finding (an image without findings gets one row)."""
     headers = {"Content-Disposition": 'attachment; filename="registry-scan-results.csv"'}
-    return StreamingResponse(_csv_rows(state, flt), media_type="text/csv", headers=headers)
+    return CsvResponse(_csv_rows(state, flt), headers=headers)
 
 
 def _csv_rows(state: State, flt: ResultFilter) -> Iterator[str]:
@@ -93,11 +101,23 @@ def _csv_cells(result: ScanResult, image: Image | None, found: list[Finding]) ->
 
 def _csv_line(cells: list[Any]) -> str:
     buf = io.StringIO()
-    csv.writer(buf).writerow(cells)
+    csv.writer(buf).writerow([_inert(cell) for cell in cells])
     return buf.getvalue()
 
 
-@router.get("/registry/cyclonedx")
+# What a spreadsheet reads as the start of a formula. Distro and package names come from
+# the images themselves (an image's /etc/os-release is whatever its author wrote).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(cell: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading quote."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
+@router.get("/registry/cyclonedx", response_class=CycloneDxResponse)
 def cyclonedx(_user: User, state: State, flt: Filter, platform: str | None = None) -> Response:
     """A CycloneDX 1.6 JSON document of one image: its packages and vulnerabilities."""
     with state.sessions() as session:

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from api.deps import RawBody, State, User
+from api.deps import RawBody, State, User, Viewer
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import RegistrySettings, Specification, parse_json_body
 from core.reference import parse_registry
 from core.requester import Requester
@@ -55,14 +56,15 @@ def _row_fields(spec: Specification) -> dict[str, Any]:
 
 
 @router.get("/settings/registry")
-def get_registry_settings(_user: User, state: State) -> dict[str, Any]:
+def get_registry_settings(caller: Viewer, state: State) -> dict[str, Any]:
+    """The configuration; the webhook secret (which starts scans) only for admins."""
     with state.sessions() as session:
         specs = [spec_view(r) for r in spec_store.list_specs(session)]
-    secret = webhook_secret(state.settings)
+    secret = webhook_secret(state.settings) if caller.may("admin") else None
     return {"specifications": specs, "webhookUrlSuffix": f"?secret={secret}" if secret else ""}
 
 
-@router.put("/settings/registry")
+@router.put("/settings/registry", openapi_extra=body(RegistrySettings))
 def put_registry_settings(
     user: User, state: State, body: RawBody, scanLater: bool = Query(False)
 ) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def put_registry_settings(
     return {"specifications": saved, **_maybe_scan(state, user, scanLater or not saved)}
 
 
-@router.post("/settings/registry")
+@router.post("/settings/registry", openapi_extra=body(RegistrySettings | Specification))
 def add_registry_settings(
     user: User, state: State, body: RawBody, scanLater: bool = Query(False)
 ) -> dict[str, Any]:

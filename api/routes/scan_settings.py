@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 from sqlalchemy.orm import Session
 
 from api.deps import RawBody, State, User
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import Strict, parse_json_body
 from core.settings import Settings
 from core.views import ts
@@ -28,7 +29,8 @@ RECENT_TICKS = 10
 class ScanSettings(Strict):
     """The fields a POST may change; a field left out keeps its value."""
 
-    registryScanPeriodMs: StrictInt | None = None
+    # At most ten years: beyond, the period means nothing and would overflow the column.
+    registryScanPeriodMs: StrictInt | None = Field(default=None, le=315_360_000_000)
     cron: StrictStr | None = None
     timezone: StrictStr | None = None
 
@@ -39,7 +41,7 @@ def get_scan_settings(_user: User, state: State) -> dict[str, Any]:
         return _view(session, state.settings, store.ensure_schedule(session))
 
 
-@router.post("/settings/scan")
+@router.post("/settings/scan", openapi_extra=body(ScanSettings))
 def post_scan_settings(_user: User, state: State, body: RawBody) -> dict[str, Any]:
     """Change the given fields only; unknown fields and bad values are refused."""
     payload = parse_json_body(body)
