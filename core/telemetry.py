@@ -35,7 +35,7 @@ Labels = tuple[tuple[str, str], ...]
 COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "regscan_images_scanned": (
         "Image scans finished by workers, by kind (regular, on-demand), outcome "
-        "(done, failed, skipped) and reason (the error's class when failed)",
+        "(done, failed, skipped, interrupted) and reason (the error's class)",
         ("kind", "outcome", "reason"),
     ),
     "regscan_registry_requests": (

@@ -28,6 +28,10 @@ class ScanOutcome:
     def skipped(self) -> None:
         self.outcome = "skipped"
 
+    def interrupted(self, error: BaseException) -> None:
+        """The database or Redis went away (the job is run again), or the worker stops."""
+        self.outcome, self.reason = "interrupted", type(error).__name__
+
 
 @contextmanager
 def image_scan(kind: str) -> Iterator[ScanOutcome]:
@@ -37,7 +41,7 @@ def image_scan(kind: str) -> Iterator[ScanOutcome]:
     try:
         yield outcome
     except BaseException as exc:
-        outcome.failed(exc)
+        outcome.interrupted(exc)
         raise
     finally:
         seconds = time.monotonic() - started
