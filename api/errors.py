@@ -10,8 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError as DBAPIInterfaceError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -109,10 +108,11 @@ def install(app: FastAPI) -> None:
     # The services behind the API going away is not the caller's fault, and not a bug:
     # the request did nothing (its transaction rolled back), and asking again will work
     # once they are back.
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
+    # Any Redis error: away, timing out, or refusing writes (MISCONF on a full disk,
+    # OOM, READONLY on a replica).
+    @app.exception_handler(RedisError)
     async def _redis_down(_request: Request, exc: Exception) -> JSONResponse:
-        log.warning("Redis unavailable: %s", exc)
+        log.warning("Redis unavailable: %s", exc.__class__.__name__)
         return err(503, "the queue (Redis) is not answering; ask again shortly", _RETRY)
 
     @app.exception_handler(DBAPIOperationalError)

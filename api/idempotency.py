@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Response
@@ -28,6 +29,8 @@ MAX_KEY_CHARS = 255
 # How long a repeated request waits for the first one with its key to finish.
 WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.1
+# A key still held this long after it was reserved belongs to a request that died.
+ABANDONED = timedelta(seconds=120)
 
 
 def fingerprint(route: str, payload: Any, **params: Any) -> str:
@@ -77,7 +80,7 @@ def _claim_or_wait(
                 if row is None:
                     store.reserve(session, team, key, request_hash)
                     return None
-                held_hash, answer = row.request_hash, row.response
+                held_hash, answer, reserved_at = row.request_hash, row.response, row.created_at
         except IntegrityError:
             continue  # another request reserved it first: read its row
         if held_hash != request_hash:
@@ -88,6 +91,11 @@ def _claim_or_wait(
             )
         if answer != store.PENDING:
             return answer
+        if reserved_at < utcnow() - ABANDONED:
+            # The request holding it died (its API process was killed): take it over.
+            with transaction(state.sessions) as session:
+                store.release(session, team, key)
+            continue
         if time.monotonic() > deadline:
             raise ApiError(
                 409,

@@ -18,16 +18,23 @@ import hashlib
 import hmac
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 _KEY_LABEL = b"regscan callback key v1\x00"
+RESOLVE_SECONDS = 3.0
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="callback-resolve")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class RefusedDestination(ValueError):
     """A callback URL regscan will not send to; the message says why."""
+
+
+class Unresolved(RefusedDestination):
+    """The URL's host did not resolve (in time): perhaps only for now."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +92,10 @@ def destination(url: str, allowed: Allowed) -> Destination:
     if host not in allowed.hosts:
         for ip in addresses:
             if not _public(ip) and not allowed.address(ip):
+                # The address itself is not said: the message would map internal names.
                 raise RefusedDestination(
-                    f"callbackUrl host {host} resolves to {ip}, which is not a public "
-                    "address; internal receivers must be allowed by the operator "
+                    f"callbackUrl host {host} resolves to an address that is not public; "
+                    "internal receivers must be allowed by the operator "
                     "(REGSCAN_CALLBACK_ALLOW)"
                 )
     path = parts.path or "/"
@@ -97,25 +105,49 @@ def destination(url: str, allowed: Allowed) -> Destination:
 
 
 def _resolve(host: str, port: int) -> list[IPAddress]:
+    # In a thread of its own, so a name server that never answers holds no request up.
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = lookup.result(timeout=RESOLVE_SECONDS)
+    except TimeoutError:
+        raise Unresolved(f"callbackUrl host {host} did not resolve in time") from None
     except (OSError, UnicodeError):
-        raise RefusedDestination(f"callbackUrl host {host} does not resolve") from None
-    addresses = []
-    for _family, _type, _proto, _name, sockaddr in found:
-        ip = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-        addresses.append(ip)
+        raise Unresolved(f"callbackUrl host {host} does not resolve") from None
+    addresses = [ipaddress.ip_address(str(s[0]).partition("%")[0]) for *_, s in found]
     if not addresses:
-        raise RefusedDestination(f"callbackUrl host {host} does not resolve")
+        raise Unresolved(f"callbackUrl host {host} does not resolve")
     return addresses
 
 
 def _public(ip: IPAddress) -> bool:
     """Routable on the internet: not loopback, private, link-local, reserved, multicast,
-    unspecified or shared (100.64/10)."""
+    unspecified or shared (100.64/10), and no IPv6 form of an IPv4 address that is not."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            return _public(inner)
+        if ip.is_site_local:  # fec0::/10, deprecated but still routed inside some sites
+            return False
     return ip.is_global and not ip.is_multicast
+
+
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits: IPv4-mapped and
+# -compatible (::ffff:0:0/96, ::/96, ::ffff:0:0:0/96), NAT64 (64:ff9b::/96,
+# 64:ff9b:1::/48). 6to4 (2002::/16) carries it in bits 16 to 48, Teredo inverted.
+_EMBEDDING = tuple(
+    ipaddress.ip_network(n)
+    for n in ("::ffff:0:0/96", "::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if any(ip in network for network in _EMBEDDING):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def team_key(secret: str, team: str) -> bytes:

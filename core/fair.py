@@ -53,6 +53,19 @@ def pop(redis: Redis) -> int | None:
     return int(job) if job else None
 
 
+def teams(redis: Redis) -> list[str]:
+    """The teams with jobs waiting."""
+    return sorted(
+        t.decode() if isinstance(t, bytes) else str(t) for t in redis.smembers(keys.FAIR_ACTIVE)
+    )
+
+
+def oldest(redis: Redis, team: str) -> int | None:
+    """The id of a team's job that has waited longest, if any."""
+    head = redis.lindex(keys.fair_team(team), 0)
+    return int(head) if head is not None else None
+
+
 def waiting(redis: Redis, team: str) -> set[int]:
     """The ids of a team's jobs waiting for their turn."""
     return {int(job_id) for job_id in redis.lrange(keys.fair_team(team), 0, -1)}

@@ -57,6 +57,10 @@ regscan:fair:active                set of the teams in the ring, so each is ther
 regscan:fair:team:<team>           list of a team's waiting on-demand job ids, oldest
                                    first. All three change only through the Lua scripts
                                    of core/fair.py.
+regscan:fair:nudged:<team>         "1" for ondemand_requeue_seconds after a recovery pass
+                                   published a spare slot because the team's oldest job
+                                   had waited that long (its slot may have been lost);
+                                   SET NX EX, so one spare per period cluster-wide.
 =================================  =====================================================
 
 Celery keeps its own keys (the queues of :mod:`core.tasks` and ``unacked*``) in the same
@@ -87,6 +91,10 @@ FAIR_ACTIVE = "regscan:fair:active"
 
 def fair_team(team: str) -> str:
     return f"regscan:fair:team:{team}"
+
+
+def fair_nudged(team: str) -> str:
+    return f"regscan:fair:nudged:{team}"
 
 
 CALLBACK_RESENT_SECONDS = 3600

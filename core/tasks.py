@@ -9,7 +9,8 @@ task                        queue               what it does
 ==========================  ==================  =============================================
 regscan.run_regular_scan    regscan.regular     orchestrates one regular scan under the lease
 regscan.scan_image          regscan.images      scans one image of a regular scan
-regscan.scan_on_demand      regscan.ondemand    runs one on-demand job again (its worker died)
+regscan.scan_on_demand      regscan.ondemand    runs one on-demand job again: its worker went
+                                                silent, or a service went away while it ran
 regscan.scan_on_demand_next regscan.ondemand    a slot: runs the next job of the team whose
                                                 turn it is (core/fair.py)
 regscan.rematch             regscan.rematch     re-matches a batch of stored inventories
@@ -103,9 +104,10 @@ class Publisher:
     def image_scan(self, item_id: int, attempt: int) -> None:
         self._send(TASK_IMAGE, item_id, attempt)
 
-    def on_demand(self, job_id: int) -> None:
-        """Run this on-demand job again: its worker went silent."""
-        self._send(TASK_ONDEMAND, job_id)
+    def on_demand(self, job_id: int, attempt: int | None) -> None:
+        """Run this on-demand job again: the run on its ``attempt``-th attempt stopped
+        (None: it never started)."""
+        self._send(TASK_ONDEMAND, job_id, attempt)
 
     def on_demand_slot(self) -> None:
         """One turn on the on-demand queue; which job it runs is decided when it runs."""

@@ -67,6 +67,9 @@ def finish_job(
 ) -> None:
     """End a job with its final counts, under its fencing token."""
     fence(session, job_id, token)
+    job = session.get_one(ScanJob, job_id, populate_existing=True)
+    if job.status.is_final:
+        return  # ended by someone else meanwhile (recovery gave up on it): theirs stands
     counts = item_counts(session, job_id)
     values: dict[str, Any] = {
         "status": status,

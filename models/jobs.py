@@ -19,8 +19,10 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     delete,
     func,
+    or_,
     select,
     update,
 )
@@ -195,15 +197,20 @@ def request_stop(session: Session, job_id: int) -> None:
     )
 
 
-def start_job(
-    session: Session, job_id: int, statuses: Iterable[JobStatus] = (JobStatus.QUEUED,)
-) -> ScanJob | None:
-    """Claim an on-demand job in one of ``statuses``: a queued one taken in its turn, or
-    (with ``RUNNING`` among them) one whose worker went silent."""
+def start_job(session: Session, job_id: int, resume: int | None = None) -> ScanJob | None:
+    """Claim an on-demand job: a queued one, taken in its turn; or, with ``resume``, the
+    run of it that was on its ``resume``-th attempt when it stopped (its worker went
+    silent, or the database or Redis went away). Each claim is a new attempt, so two
+    that try to resume the same run do not both succeed."""
     now = utcnow()
+    claimable = ScanJob.status == JobStatus.QUEUED
+    if resume is not None:
+        claimable = or_(
+            claimable, and_(ScanJob.status == JobStatus.RUNNING, ScanJob.attempts == resume)
+        )
     stmt = (
         update(ScanJob)
-        .where(ScanJob.id == job_id, ScanJob.status.in_(tuple(statuses)))
+        .where(ScanJob.id == job_id, claimable)
         .values(
             status=JobStatus.RUNNING,
             attempts=ScanJob.attempts + 1,
@@ -214,6 +221,16 @@ def start_job(
     if rowcount(session.execute(stmt)) != 1:
         return None
     return session.get(ScanJob, job_id, populate_existing=True)
+
+
+def give_back_attempt(session: Session, job_id: int, token: int) -> None:
+    """The holder of ``token`` handed the job on in good order: its claim does not count
+    as an attempt lost."""
+    session.execute(
+        update(ScanJob)
+        .where(ScanJob.id == job_id, ScanJob.fencing_token == token, ScanJob.attempts > 0)
+        .values(attempts=ScanJob.attempts - 1)
+    )
 
 
 def withdraw_jobs(session: Session, job_ids: Iterable[int]) -> None:
@@ -243,6 +260,14 @@ def stale_jobs(session: Session, statuses: Iterable[JobStatus], older_than: date
 def highest_fencing_token(session: Session) -> int:
     """The highest fencing token any job was claimed under (0 for none)."""
     return session.scalar(select(func.max(ScanJob.fencing_token))) or 0
+
+
+def waiting_since(session: Session, job_id: int) -> datetime | None:
+    """When a queued on-demand job began to wait (None: not queued)."""
+    stmt = select(func.coalesce(ScanJob.heartbeat_at, ScanJob.created_at)).where(
+        ScanJob.id == job_id, ScanJob.status == JobStatus.QUEUED
+    )
+    return session.scalar(stmt)
 
 
 def waiting_on_demand(

@@ -7,7 +7,8 @@ claimed in the database first, so many workers act once.
 - An on-demand scan whose worker went silent is published again, or failed after
   ``max_attempts``.
 - An on-demand scan still queued whose id is in no team's list in Redis (Redis lost
-  it, or the API died between committing the job and pushing it) is pushed again.
+  it, or the API died between committing the job and pushing it) is pushed again; a
+  team whose oldest listed job has waited long gets a spare slot (its own may be lost).
 - A completion callback that was never attempted is published again.
 """
 
@@ -58,6 +59,7 @@ class Recovery:
         """Take up scans whose worker died, or whose queue entry was lost; the ids handled.
         Then start the next waiting regular scan if the slot is free."""
         handled = self._reap_regular() + self._reap_on_demand() + self.requeue_lost_on_demand()
+        self.nudge_waiting_teams()
         self.admission.start_next_waiting()
         return handled
 
@@ -101,7 +103,7 @@ class Recovery:
             if job is None or job.status.is_final:
                 continue
             if job.kind is JobKind.ON_DEMAND:
-                self.publisher.on_demand(job_id)
+                self.publisher.on_demand(job_id, job.attempts)
             else:
                 self.publisher.regular_scan(job_id)
             log.warning("job=%s worker silent; republished attempt=%s", job_id, job.attempts + 1)
@@ -138,6 +140,29 @@ class Recovery:
         if requeued:
             log.warning("on-demand jobs %s were in no queue; queued again", requeued)
         return requeued
+
+    def nudge_waiting_teams(self) -> list[str]:
+        """Publish a spare slot for each team whose oldest listed job has waited over
+        ``ondemand_requeue_seconds``: the slot that would run it may be lost (a worker
+        killed after taking it, Redis failing between a push and its slot). A spare slot
+        that finds nothing to run costs nothing. Once per period per team, cluster-wide."""
+        nudged = []
+        cutoff = older_than(self.settings.ondemand_requeue_seconds)
+        for team in fair.teams(self.redis):
+            head = fair.oldest(self.redis, team)
+            if head is None:
+                continue
+            with self.sessions() as session:
+                since = jobs.waiting_since(session, head)
+            if since is None or since > cutoff:
+                continue
+            seconds = max(1, int(self.settings.ondemand_requeue_seconds))
+            if self.redis.set(keys.fair_nudged(team), "1", nx=True, ex=seconds):
+                self.publisher.on_demand_slot()
+                nudged.append(team)
+        if nudged:
+            log.info("teams %s waited long: one more on-demand slot each", nudged)
+        return nudged
 
     def resend_lost_callbacks(self) -> list[int]:
         """Publish again the callbacks of jobs that ended over ``callback_resend_seconds``

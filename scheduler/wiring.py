@@ -15,6 +15,8 @@ from models.db import make_engine, make_sessionmaker
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 
+REDIS_TIMEOUT_SECONDS = 5.0
+
 
 @dataclass
 class Wiring:
@@ -32,7 +34,14 @@ def wire(settings: Settings, sender: Sender | None = None) -> Wiring:
     # A worker frozen mid-transaction must not hold row locks past its lease (PostgreSQL).
     engine = make_engine(settings.database_url, idle_transaction_seconds=settings.lock_ttl_seconds)
     sessions = make_sessionmaker(engine)
-    redis = Redis.from_url(settings.redis_url)
+    # A Redis that hangs (paused, blackholed) must fail a request in seconds, not hold
+    # its thread for ever.
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
     publisher = Publisher(sender if sender is not None else make_celery(settings))
     admission = Admission(settings, sessions, redis, publisher)
     return Wiring(

@@ -278,14 +278,16 @@ def test_s10_no_docs_from_a_public_cdn_and_no_caching_of_answers(stack: Stack, a
 @pytest.mark.parametrize(
     "url, why",
     [
-        ("http://127.0.0.1:6379/", "not a public address"),
-        ("http://169.254.169.254/latest/meta-data/", "not a public address"),
-        ("http://10.1.2.3/hook", "not a public address"),
-        ("http://100.64.0.1/hook", "not a public address"),
-        ("http://0.0.0.0:8080/", "not a public address"),
-        ("http://[::1]/hook", "not a public address"),
-        ("http://[::ffff:127.0.0.1]/hook", "not a public address"),
-        ("http://2130706433/hook", "not a public address"),
+        ("http://127.0.0.1:6379/", "not public"),
+        ("http://169.254.169.254/latest/meta-data/", "not public"),
+        ("http://10.1.2.3/hook", "not public"),
+        ("http://100.64.0.1/hook", "not public"),
+        ("http://0.0.0.0:8080/", "not public"),
+        ("http://[::1]/hook", "not public"),
+        ("http://[::ffff:127.0.0.1]/hook", "not public"),
+        ("http://2130706433/hook", "not public"),
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "not public"),
+        ("http://[2002:7f00:1::1]/hook", "not public"),
         ("http://user:pass@localhost/hook", "credentials"),
         ("ftp://localhost/hook", "http"),
     ],
@@ -352,7 +354,7 @@ def test_s3_a_receivers_answer_is_not_kept(
 ):
     job = api.started({**on_demand(registry.host, scope, "3.19"), "callbackUrl": receiver.url()})
     api.wait_job(job)
-    [first] = _deliveries(api, job)
+    first = _deliveries(api, job)[0]
     assert (first["statusCode"], first["error"]) == (404, "HTTP 404")
 
 
@@ -373,8 +375,8 @@ def test_s3_a_destination_checked_when_asked_is_checked_again_when_sent(
     Publisher(make_celery(Settings(redis_url=stack.env["REGSCAN_REDIS_URL"]))).callback(job)
 
     # Then it is refused, and the receiver never hears of it
-    [refused] = _deliveries(api, job)
-    assert "not a public address" in refused["error"] and refused["statusCode"] is None
+    refused = _deliveries(api, job)[0]
+    assert "not public" in refused["error"] and refused["statusCode"] is None
     assert receiver.calls == []
 
 
@@ -384,7 +386,7 @@ def test_s3_an_unreachable_receiver_says_nothing_of_why(
     closed = f"http://localhost:{_free_closed_port()}/hook"
     job = api.started({**on_demand(registry.host, scope, "3.19"), "callbackUrl": closed})
     api.wait_job(job)
-    [first] = _deliveries(api, job)
+    first = _deliveries(api, job)[0]
     assert first["error"] == "receiver unreachable"
 
 

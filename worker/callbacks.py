@@ -27,7 +27,15 @@ import threading
 import time
 from typing import Any
 
-from core.callbacks import Allowed, Destination, RefusedDestination, destination, sign, team_key
+from core.callbacks import (
+    Allowed,
+    Destination,
+    RefusedDestination,
+    Unresolved,
+    destination,
+    sign,
+    team_key,
+)
 from core.views import job_view
 from models import ScanJob
 from models import callbacks as store
@@ -67,6 +75,9 @@ def deliver(rt: Runtime, job_id: int, attempt: int) -> None:
         return
     try:
         where = destination(url, Allowed.parse(rt.settings.callback_allow))
+    except Unresolved as exc:
+        _record(rt, job_id, attempt, url, None, str(exc))  # name servers can come back
+        raise RetryableDelivery(f"job={job_id} callback host unresolved") from None
     except RefusedDestination as exc:
         _record(rt, job_id, attempt, url, None, str(exc))  # final: the URL will not change
         return

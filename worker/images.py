@@ -6,7 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import keys
@@ -64,27 +65,47 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
             log.info("image_scan=%s scanned: %d platform images", item.id, len(found))
 
 
-def scan_on_demand(rt: Runtime, job_id: int, *, again: bool = False) -> None:
+# What the database and Redis raise while they are away or restarting.
+SERVICES_AWAY = (OperationalError, InterfaceError, RedisError)
+
+
+class Interrupted(Exception):
+    """An on-demand run stopped because the database or Redis went away; run the job
+    again, resuming ``attempt`` (None: it never started)."""
+
+    def __init__(self, job_id: int, attempt: int | None) -> None:
+        super().__init__(f"job {job_id} interrupted on attempt {attempt}")
+        self.job_id = job_id
+        self.attempt = attempt
+
+
+def scan_on_demand(rt: Runtime, job_id: int, *, resume: int | None = None) -> bool:
     """Run an on-demand job: its one image, with no stop checks (it cannot be stopped).
+    False when there was nothing to run.
 
     A job runs only if it is still queued, so one that reached the queue twice runs
-    once; ``again`` also takes a running one, which recovery handed back because its
-    worker went silent."""
-    statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if again else (JobStatus.QUEUED,)
-    with transaction(rt.sessions) as session:
-        job = jobs.start_job(session, job_id, statuses)
-        if job is None or job.kind is not JobKind.ON_DEMAND:
-            return
-        team, target = job.team, job.target_name
-        image_scans.reset_in_flight(session, job_id)
-        handed = image_scans.queue_items(session, job_id, None, 1, None)
-    with log_context(job=job_id, team=team, image=target):
-        _run_on_demand(rt, job_id, handed)
+    once; ``resume`` also takes up the run on that attempt (see ``jobs.start_job``).
+    Raises :class:`Interrupted` when the database or Redis went away meanwhile."""
+    attempt = resume
+    try:
+        with transaction(rt.sessions) as session:
+            job = jobs.start_job(session, job_id, resume)
+            if job is None or job.kind is not JobKind.ON_DEMAND:
+                return False
+            attempt = job.attempts
+            team, target = job.team, job.target_name
+            image_scans.reset_in_flight(session, job_id)
+            handed = image_scans.queue_items(session, job_id, None, 1, None)
+        with log_context(job=job_id, team=team, image=target):
+            _run_on_demand(rt, job_id, handed)
+    except SERVICES_AWAY as exc:
+        raise Interrupted(job_id, attempt) from exc
+    return True
 
 
 def _run_on_demand(rt: Runtime, job_id: int, handed: list[tuple[int, int]]) -> None:
-    for item_id, attempt in handed:
-        scan_item(rt, item_id, attempt, stoppable=False)
+    for item_id, item_attempt in handed:
+        scan_item(rt, item_id, item_attempt, stoppable=False)
     with transaction(rt.sessions) as session:
         counts = image_scans.item_counts(session, job_id)
         failed = counts.get(ItemStatus.FAILED, 0) > 0

@@ -70,6 +70,9 @@ def run_regular_scan(rt: Runtime, job_id: int) -> str:
     except Fenced as exc:
         log.warning("job=%s gave up: %s", job_id, exc)
     except HandOff:
+        with transaction(rt.sessions) as session:
+            # A hand-off is not a worker lost: it does not count toward max_attempts.
+            jobs.give_back_attempt(session, job_id, token)
         lease.release()  # first, so that the next holder finds the slot free
         rt.publisher.regular_scan(job_id)
         log.info("job=%s handed to another worker: this one is stopping", job_id)

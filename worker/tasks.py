@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 from celery.signals import (
     setup_logging,
@@ -13,7 +14,6 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import fair
 from core.logs import clear_context, set_context
@@ -27,8 +27,6 @@ from worker.runtime import get_runtime
 log = logging.getLogger(__name__)
 
 CALLBACK_RETRIES = 5
-# What the database raises while it is unreachable or restarting.
-DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 @app.task(name="regscan.run_regular_scan", bind=True, max_retries=None)
@@ -45,36 +43,45 @@ def scan_image(item_id: int, attempt: int) -> None:
     images.scan_item(get_runtime(), item_id, attempt)
 
 
-# While the database is away, a job is run again with backoff (1 s, 2 s, 4 s, ... at most
-# 30 s, full jitter), for about five minutes; after that recovery takes it up.
-@app.task(
-    name="regscan.scan_on_demand",
-    autoretry_for=DATABASE_AWAY,
-    retry_backoff=True,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=12,
-)
-def scan_on_demand(job_id: int) -> None:
-    """An on-demand job run again by id: its worker went silent (recovery), or the
-    database went away while it ran."""
-    images.scan_on_demand(get_runtime(), job_id, again=True)
+# A run a service interrupted is taken up again with backoff (1 s, 2 s, 4 s, ... at most
+# 30 s, with jitter), for about five minutes; after that recovery takes the job up.
+ONDEMAND_RETRIES = 12
+
+
+@app.task(name="regscan.scan_on_demand", bind=True, max_retries=ONDEMAND_RETRIES)
+def scan_on_demand(self: Any, job_id: int, attempt: int | None = None) -> None:
+    """An on-demand job run again by id, resuming the run on ``attempt``: its worker
+    went silent (recovery), or the database or Redis went away while it ran."""
+    try:
+        images.scan_on_demand(get_runtime(), job_id, resume=attempt)
+    except images.Interrupted as exc:
+        log.warning("job=%s %s; trying again", job_id, exc.__cause__)
+        raise self.retry(
+            args=[job_id, exc.attempt], countdown=_backoff(self.request.retries)
+        ) from None
 
 
 @app.task(name="regscan.scan_on_demand_next")
 def scan_on_demand_next() -> None:
-    """A slot on the on-demand queue: run the next job of the team whose turn it is."""
+    """A slot on the on-demand queue: run the next job of the team whose turn it is.
+
+    A job that cannot be run (it ran already, or was withdrawn) does not use the slot up:
+    the next one is taken."""
     rt = get_runtime()
-    job_id = fair.pop(rt.redis)
-    if job_id is None:
-        return
-    try:
-        images.scan_on_demand(rt, job_id)
-    except DATABASE_AWAY as exc:
-        # The job left its team's list with this slot: hand it on by id, to be run again
-        # once the database answers, rather than leave it queued with no queue entry.
-        log.warning("job=%s database unavailable (%s); running it again", job_id, exc)
-        rt.publisher.on_demand(job_id)
+    while (job_id := fair.pop(rt.redis)) is not None:
+        try:
+            if images.scan_on_demand(rt, job_id):
+                return
+        except images.Interrupted as exc:
+            # The job left its team's list with this slot: hand it on by id, to be run
+            # again once the service is back, rather than leave it with no queue entry.
+            log.warning("job=%s %s; running it again", job_id, exc.__cause__)
+            rt.publisher.on_demand(job_id, exc.attempt)
+            return
+
+
+def _backoff(retries: int) -> float:
+    return min(30.0, 2.0**retries) * random.uniform(0.5, 1.0)
 
 
 @app.task(name="regscan.rematch")

@@ -92,7 +92,7 @@ def test_an_on_demand_scan_whose_worker_went_silent_is_handed_out_again(
     _drain(scheduling, tasks.QUEUE_ONDEMAND)
 
     assert scheduling.recovery.reap() == [job.id]
-    assert scheduling.queued(tasks.QUEUE_ONDEMAND) == [(tasks.TASK_ONDEMAND, [job.id])]
+    assert scheduling.queued(tasks.QUEUE_ONDEMAND) == [(tasks.TASK_ONDEMAND, [job.id, 1])]
 
 
 # -- queue entries that were lost --------------------------------------------------------
@@ -180,3 +180,36 @@ def test_only_queued_jobs_are_requeued(scheduling: Scheduling, status: JobStatus
     time.sleep(scheduling.settings.ondemand_requeue_seconds + 0.1)
 
     assert scheduling.recovery.requeue_lost_on_demand() == []
+
+
+def test_a_team_whose_slot_was_lost_gets_a_spare_one_once(scheduling: Scheduling):
+    # Given a job waiting in its team's list whose slot message was lost (a worker killed
+    # after taking it, say)
+    job = scheduling.admission.request_on_demand(image(), caller("team-a"))
+    _drain(scheduling, tasks.QUEUE_ONDEMAND)
+
+    # When recovery looks before the job has waited ondemand_requeue_seconds, then after
+    assert scheduling.recovery.nudge_waiting_teams() == []
+    time.sleep(scheduling.settings.ondemand_requeue_seconds + 0.1)
+    nudged = scheduling.recovery.nudge_waiting_teams()
+    again = scheduling.recovery_of_another_worker().nudge_waiting_teams()
+
+    # Then one spare slot is published, and the job is still waiting for it
+    assert (nudged, again) == (["team-a"], [])
+    assert scheduling.queued(tasks.QUEUE_ONDEMAND) == [(tasks.TASK_ONDEMAND_NEXT, [])]
+    assert scheduling.waiting("team-a") == [job.id]
+
+
+def test_a_run_interrupted_midway_is_resumed_once(scheduling: Scheduling):
+    # Given a job started (attempt 1) whose run was interrupted by a database outage, and
+    # that recovery also picked up as silent
+    job = scheduling.admission.request_on_demand(image(), caller())
+    with transaction(scheduling.sessions) as session:
+        assert jobs.start_job(session, job.id) is not None
+
+    # When both try to resume the run on attempt 1, only the first does
+    with transaction(scheduling.sessions) as session:
+        resumed = jobs.start_job(session, job.id, resume=1)
+    with transaction(scheduling.sessions) as session:
+        assert jobs.start_job(session, job.id, resume=1) is None
+    assert resumed is not None and resumed.attempts == 2
