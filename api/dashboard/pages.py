@@ -238,8 +238,8 @@ def _bounded(value: str, limit: int, what: str) -> None:
 
 @router.post("/ui/logout")
 async def logout(request: Request) -> Response:
+    session.principal(request)  # who asks, before reading what they send
     form = await session.read_form(request)
-    session.principal(request)
     session.check_csrf(request, form)
     await run_in_threadpool(_state(request).auth.end_session, session.session_token(request))
     response = RedirectResponse("/ui/login", status_code=303)
@@ -290,9 +290,10 @@ async def rescan(request: Request, image_id: int = PathParam(ge=1, le=MAX_ID)) -
 async def _act(
     request: Request, action: Callable[[AppState, Principal], str], back: str
 ) -> Response:
-    """Check the form and the role, do it, and go back with a message saying how it went."""
-    form = await session.read_form(request)
+    """Check the caller, the form and the role, do it, and go back with a message saying
+    how it went. The caller is known before the form is read, as for every API route."""
     who = session.principal(request)
+    form = await session.read_form(request)
     session.check_csrf(request, form)
     session.operator(request)
     try:
