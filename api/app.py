@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
-from api import errors, openapi
+from api import dashboard, errors, health, metrics, openapi
 from api.auth import Authenticator, client_of, ensure_admin
 from api.deps import AppState, RawBody, State, User, Viewer
 from api.errors import ApiError
@@ -43,7 +43,9 @@ def check_version(version: str) -> None:
         )
 
 
-def create_app(config: Settings) -> FastAPI:
+def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
+    """The API, the dashboard and the observability endpoints. ``schema_head`` is the
+    newest migration: ``/readyz`` fails while the database is behind it."""
     wiring = wire(config)
     sessions = wiring.sessions
     check_key(config)
@@ -82,6 +84,9 @@ def create_app(config: Settings) -> FastAPI:
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)
     app.add_api_route("/openapi.json", openapi_document, methods=["GET"], include_in_schema=False)
+    health.install(app, health.Readiness(sessions, config.redis_url, schema_head))
+    metrics.install(app)
+    dashboard.install(app)
     return app
 
 

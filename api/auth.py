@@ -158,6 +158,20 @@ class Authenticator:
             _CHALLENGE,
         )
 
+    def principal_of_token(self, token: str) -> Principal:
+        """Who a token belongs to: a session token or an API token (the dashboard keeps
+        one in its cookie); 401 otherwise."""
+        if token.startswith(API_TOKEN_PREFIX):
+            return self._api_token(token)
+        return self._bearer(token)
+
+    def end_session(self, token: str) -> None:
+        """Forget a session token (logging out); API tokens are revoked by an admin."""
+        if token.startswith(API_TOKEN_PREFIX):
+            return
+        with transaction(self.sessions) as session:
+            users.delete_token(session, _sha256(token))
+
     def _basic(self, value: str, client: str) -> Principal:
         try:
             username, _, password = base64.b64decode(value, validate=True).decode().partition(":")

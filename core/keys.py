@@ -34,6 +34,14 @@ regscan:callback:resent:<job id>   "1" for an hour after a worker's periodic pas
                                    again the callback of an ended job with no delivery
                                    attempt; SET NX EX, so it is published again once, not
                                    once per worker.
+regscan:vulndb:retry:<location>   the node name of the worker fetching again a vulnerability
+                                   data source that failed or was never fetched; SET NX EX
+                                   ``vulndb_retry_seconds``, so one worker tries it, once
+                                   per that time.
+regscan:metrics                    hash of the workers' counters and histogram buckets
+                                   (core/telemetry.py): field = metric name and labels as
+                                   JSON, value = the cluster-wide total; HINCRBYFLOAT by
+                                   each worker's flush, HGETALL by the API's /metrics.
 regscan:login:client:<address>     count of failed logins from one client address in the
                                    current window; INCR, EXPIRE login_window_seconds.
                                    Past login_failures, logins from it are refused (429).
@@ -70,6 +78,11 @@ STOP_FLAG_TTL_SECONDS = 24 * 3600
 VULNDB_REFRESH = "regscan:vulndb:refresh"
 REMATCH_KICK = "regscan:vulndb:rematch-kick"
 REMATCH_KICK_SECONDS = 60
+METRICS = "regscan:metrics"
+
+
+def vulndb_retry(location: str) -> str:
+    return f"regscan:vulndb:retry:{location}"
 
 
 FAIR_RING = "regscan:fair:ring"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -210,9 +211,37 @@ class Settings(BaseSettings):
     vulndb_download_timeout: float = Field(
         default=60.0, description="Seconds to wait for a vulnerability data server's bytes."
     )
+    vulndb_osv_url: str = Field(
+        default="https://osv-vulnerabilities.storage.googleapis.com",
+        description="Where the OSV exports are fetched from when no sources are configured: "
+        "<url>/<ecosystem>/all.zip for each ecosystem the stored images hold. Empty: no "
+        "vulnerability data is fetched unless sources are configured.",
+    )
+    vulndb_retry_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A source whose last refresh failed, or that was never fetched, is "
+        "tried again after this long rather than at the next refresh period.",
+    )
     rematch_batch: int = Field(
         default=50,
         description="Images re-matched per task when the vulnerability data changed.",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one readable line per event; json: one JSON object per line "
+        "with the job, image, team and task it concerns.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that may read /metrics (for Prometheus); users and API "
+        "tokens with any role may read it too.",
+    )
+    metrics_flush_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a worker adds its counters to the shared totals in Redis.",
     )
 
     @property

@@ -1,14 +1,21 @@
-"""The ``regscan`` command: api, worker, db, vulndb, standalone."""
+"""The ``regscan`` command: the services (api, worker, scheduler, standalone), the
+schema and vulnerability data (db, vulndb), probes (worker-check), and the client
+commands of :mod:`regscan.client` (login, scan, stop, jobs, status, results)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from pydantic import ValidationError
+
+from core import logs
 from core.settings import Settings, get_settings
 from core.tasks import QUEUES as QUEUE_NAMES
+from regscan.client import commands as client_commands
+from regscan.client.api import ClientError
+from regscan.errors import CliError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,19 +24,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # What regscan writes (a SQLite database and its journal, the key file, the
-    # standalone's Redis files) is for the service's user alone.
+    # standalone's Redis files, the client's login) is for the service's user alone.
     os.umask(0o077)
     try:
-        return args.func(args, get_settings())
-    except CliError as exc:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"regscan: invalid configuration: {_first_problem(exc)}", file=sys.stderr)
+        return 2
+    logs.configure(settings)
+    try:
+        return args.func(args, settings)
+    except (CliError, ClientError) as exc:
         print(f"regscan: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
-class CliError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+def _first_problem(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"REGSCAN_{where.upper()}: {first.get('msg', 'invalid')}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", default=None, help="worker node name (default: Celery's)")
     worker.set_defaults(func=cmd_worker)
 
+    check = sub.add_parser(
+        "worker-check",
+        help="health check of a worker (a container probe): exit 0 if it answers a ping",
+    )
+    check.add_argument(
+        "--name",
+        default="celery@%h",
+        help="the worker's node name as given to `regscan worker --name` (default: celery@%%h; "
+        "%%h is this host's name)",
+    )
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
+    check.set_defaults(func=cmd_worker_check)
+
     sched = sub.add_parser("scheduler", help="fire the scheduled sweeps (run one or more)")
     sched.set_defaults(func=cmd_scheduler)
 
@@ -70,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     sa.add_argument("--port", type=int, default=None, help="API port (default: 8080)")
     sa.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     sa.set_defaults(func=cmd_standalone)
+
+    client_commands.add_commands(sub)
     return p
 
 
@@ -95,16 +126,19 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app
+    from regscan.db import newest_revision
 
     _require_schema(settings)
     try:
-        app = create_app(settings)
+        app = create_app(settings, schema_head=newest_revision())
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     # X-Forwarded-For is believed from the configured proxies only: from anyone else, a
-    # guesser would name a new client address with every attempt.
+    # guesser would name a new client address with every attempt. log_config=None:
+    # uvicorn's lines go through the handler `regscan` set up (the configured format,
+    # secrets masked) instead of its own.
     proxies = settings.trusted_proxies.strip()
     uvicorn.run(
         app,
@@ -112,6 +146,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         port=port,
         log_level="info",
         access_log=False,
+        log_config=None,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
     )
@@ -132,9 +167,27 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["worker", "--pool", "threads", "--concurrency", str(args.concurrency)]
     argv += ["--queues", ",".join(QUEUE_NAMES[q] for q in names), "--loglevel", "INFO"]
     argv += ["--without-gossip", "--without-mingle"]
+    if settings.log_format == "json":
+        _celery_says_json()
+        argv.insert(0, "--quiet")  # Celery's start-up banner is not a JSON line
     if args.name:
         argv += ["--hostname", args.name]
     app.worker_main(argv)
+    return 0
+
+
+def _celery_says_json() -> None:
+    """Celery prints a line from its signal handlers ("worker: Warm shutdown") with its
+    own lock-free ``safe_say``; have that line be JSON like every other."""
+    import celery.apps.worker
+
+    celery.apps.worker.safe_say = logs.say_as_json
+
+
+def cmd_worker_check(args: argparse.Namespace, settings: Settings) -> int:
+    from regscan.probe import check_worker
+
+    print(check_worker(settings, args.name, args.timeout))
     return 0
 
 

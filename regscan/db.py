@@ -25,9 +25,14 @@ def upgrade(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
+def newest_revision() -> str | None:
+    """The newest migration this installation ships."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
 def pending_migrations(database_url: str) -> bool:
     """True when the database is not at the newest revision (or has no schema yet)."""
-    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    head = newest_revision()
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:

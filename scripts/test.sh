@@ -4,7 +4,8 @@
 # On a fresh Debian machine (as root) it installs what the tests need, creates .venv,
 # makes sure a PostgreSQL answers, runs ruff, the import contracts and mypy, then pytest.
 # Redis and the registry are started by the tests themselves (testbed/services.py); only
-# their binaries are needed here.
+# their binaries are needed here. The dashboard's browser tests save screenshots in
+# test-artifacts/screenshots/.
 #
 # Environment:
 #   REGSCAN_TEST_POSTGRES_URL  use this PostgreSQL instead of looking for one
@@ -45,6 +46,9 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -d /usr/share/gocode/src/golang.org/x/mod/semver ] || missing+=(golang-golang-x-mod-dev)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+# The dashboard's tests drive Debian's headless Chromium through its WebDriver.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if ! command -v psql >/dev/null 2>&1 || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     missing+=(postgresql)
 fi

@@ -24,6 +24,7 @@ from testbed.services import free_port
 ADMIN = ("admin", "test-admin-password")
 WEBHOOK_SECRET = "test-webhook-secret"
 CALLBACK_SECRET = "test-callback-secret"
+METRICS_TOKEN = "test-metrics-token"
 FINAL = {"completed", "stopped", "failed"}
 
 # Short timings so that lease expiry, takeovers and stops happen within a test.
@@ -50,6 +51,11 @@ FAST_TIMINGS = {
     # Schedules of a few seconds, and schedulers that look often.
     "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
     "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",
+    # No vulnerability data from the internet (this machine has none): tests that want
+    # the default OSV exports serve them locally and set the URL themselves.
+    "REGSCAN_VULNDB_OSV_URL": "",
+    # Workers' counters reach /metrics quickly.
+    "REGSCAN_METRICS_FLUSH_SECONDS": "0.5",
 }
 
 
@@ -159,9 +165,15 @@ class Stack:
         return client
 
     def start_worker(
-        self, name: str, queues: str, concurrency: int = 4, env: dict[str, str] | None = None
+        self,
+        name: str,
+        queues: str,
+        concurrency: int = 4,
+        env: dict[str, str] | None = None,
+        node: str | None = None,
     ) -> None:
-        """A worker process; ``env`` adds to (or overrides) the stack's environment."""
+        """A worker process; ``env`` adds to (or overrides) the stack's environment;
+        ``node`` is its Celery node name (default: a new one)."""
         log = self.logs / f"{name}.log"
         seen = log.read_bytes().count(b"ready.") if log.exists() else 0
         self._spawn(
@@ -172,7 +184,7 @@ class Stack:
             "--concurrency",
             str(concurrency),
             "--name",
-            f"{name}-{uuid.uuid4().hex[:6]}@localhost",
+            node or f"{name}-{uuid.uuid4().hex[:6]}@localhost",
             env=env,
         )
         wait_for(

@@ -36,6 +36,7 @@ from testbed.stack import (
     CALLBACK_SECRET,
     FAST_TIMINGS,
     FINAL,
+    METRICS_TOKEN,
     WEBHOOK_SECRET,
     Api,
     Stack,
@@ -147,6 +148,33 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
         yield from _postgres_database()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def own_database(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
+    """A database of the test module's own, per backend, its schema built by the
+    migrations: for a stack of the module's own, which its tests may break."""
+    urls = (
+        _sqlite_url(tmp_path_factory.mktemp("own"))
+        if request.param == "sqlite"
+        else _postgres_database()
+    )
+    for url in urls:
+        upgrade(url)
+        yield url
+
+
+def stack_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a process stack on these services, with the test timings."""
+    return {
+        **os.environ,
+        **FAST_TIMINGS,
+        "REGSCAN_DATABASE_URL": database_url,
+        "REGSCAN_REDIS_URL": redis_url,
+        "REGSCAN_ADMIN_USER": ADMIN[0],
+        "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
+        **extra,
+    }
+
+
 # -- the running service ---------------------------------------------------------------
 
 _redis_db = iter(range(1, 16))
@@ -165,6 +193,7 @@ def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Ite
         "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
         "REGSCAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "REGSCAN_CALLBACK_SECRET": CALLBACK_SECRET,
+        "REGSCAN_METRICS_TOKEN": METRICS_TOKEN,
     }
     logs = tmp_path_factory.mktemp("logs")
     s = Stack(env, logs)

@@ -41,6 +41,7 @@ from models import ScanJob
 from models import callbacks as store
 from models.db import transaction
 from worker.runtime import Runtime
+from worker.telemetry import callback_attempt
 
 log = logging.getLogger(__name__)
 
@@ -168,5 +169,6 @@ def _record(
     rt: Runtime, job_id: int, attempt: int, url: str, status: int | None, error: str
 ) -> None:
     log.info("job=%s callback attempt=%s status=%s %s", job_id, attempt, status, error)
+    callback_attempt(status)
     with transaction(rt.sessions) as session:
         store.record(session, job_id, attempt, url, status, error)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from core import keys
+from core.logs import log_context
 from models import Image, ImageScan, ItemStatus, JobKind, JobStatus, image_scans, jobs, results
 from models.db import transaction
 from models.fencing import Fenced, finish_item, finish_job
@@ -23,6 +24,7 @@ from scanner.registry.manifests import INDEX_TYPES
 from worker import rematch
 from worker.inventory import KnownImages, take_inventory
 from worker.runtime import Runtime
+from worker.telemetry import image_scan
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +42,27 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
         log.info("image_scan=%s attempt=%s is stale; skipped", item_id, attempt)
         return
     checkpoint = _stop_checkpoint(rt, item.job_id) if stoppable else _no_checkpoint
-    try:
-        checkpoint()
-        found = _scan(rt, item, checkpoint)
-    except ScanStopped:
-        _write(rt, item, attempt, ItemStatus.SKIPPED, None)
-    except TagMismatch as exc:
-        # A refusal, not a scan: the tag's results stay as they were.
-        log.warning("image_scan=%s refused: %s", item.id, exc)
-        _write(rt, item, attempt, ItemStatus.FAILED, str(exc), record=False)
-    except ScanError as exc:
-        log.warning("image_scan=%s failed: %s", item.id, exc)
-        _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
-    else:
-        _write(rt, item, attempt, ItemStatus.DONE, found)
+    name = f"{item.registry_host}/{item.repository}:{item.tag or item.digest}"
+    kind = "regular" if stoppable else "on-demand"
+    with log_context(job=item.job_id, image=name), image_scan(kind) as outcome:
+        try:
+            checkpoint()
+            found = _scan(rt, item, checkpoint)
+        except ScanStopped:
+            outcome.skipped()
+            _write(rt, item, attempt, ItemStatus.SKIPPED, None)
+        except TagMismatch as exc:
+            # A refusal, not a scan: the tag's results stay as they were.
+            outcome.failed(exc)
+            log.warning("image_scan=%s refused: %s", item.id, exc)
+            _write(rt, item, attempt, ItemStatus.FAILED, str(exc), record=False)
+        except ScanError as exc:
+            outcome.failed(exc)
+            log.warning("image_scan=%s failed: %s", item.id, exc)
+            _write(rt, item, attempt, ItemStatus.FAILED, str(exc))
+        else:
+            _write(rt, item, attempt, ItemStatus.DONE, found)
+            log.info("image_scan=%s scanned: %d platform images", item.id, len(found))
 
 
 # What the database and Redis raise while they are away or restarting.
@@ -84,20 +93,26 @@ def scan_on_demand(rt: Runtime, job_id: int, *, resume: int | None = None) -> bo
             if job is None or job.kind is not JobKind.ON_DEMAND:
                 return False
             attempt = job.attempts
+            team, target = job.team, job.target_name
             image_scans.reset_in_flight(session, job_id)
             handed = image_scans.queue_items(session, job_id, None, 1, None)
-        for item_id, item_attempt in handed:
-            scan_item(rt, item_id, item_attempt, stoppable=False)
-        with transaction(rt.sessions) as session:
-            counts = image_scans.item_counts(session, job_id)
-            failed = counts.get(ItemStatus.FAILED, 0) > 0
-            finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
-            if failed:
-                jobs.append_job_error(session, job_id, _item_errors(session, job_id))
-        rt.admission.job_ended(job_id)
+        with log_context(job=job_id, team=team, image=target):
+            _run_on_demand(rt, job_id, handed)
     except SERVICES_AWAY as exc:
         raise Interrupted(job_id, attempt) from exc
     return True
+
+
+def _run_on_demand(rt: Runtime, job_id: int, handed: list[tuple[int, int]]) -> None:
+    for item_id, item_attempt in handed:
+        scan_item(rt, item_id, item_attempt, stoppable=False)
+    with transaction(rt.sessions) as session:
+        counts = image_scans.item_counts(session, job_id)
+        failed = counts.get(ItemStatus.FAILED, 0) > 0
+        finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
+        if failed:
+            jobs.append_job_error(session, job_id, _item_errors(session, job_id))
+    rt.admission.job_ended(job_id)
 
 
 Found = list[tuple[PlatformImage, Inventory | None]]

@@ -29,6 +29,7 @@ from scanner.inventory.results import Inventory, LayerAnalysis, Limits
 from scanner.registry.client import RegistryClient
 from scanner.registry.images import Layer, PlatformImage
 from worker.runtime import Runtime
+from worker.telemetry import layer_lookup
 
 log = logging.getLogger(__name__)
 LOCK_POLL_SECONDS = 0.2
@@ -52,6 +53,11 @@ class LayerCache:
         self._renewer: threading.Thread | None = None
 
     def get(self, digest: str) -> LayerAnalysis | None:
+        found = self._get(digest)
+        layer_lookup(hit=found is not None)
+        return found
+
+    def _get(self, digest: str) -> LayerAnalysis | None:
         found = self._lookup(digest)
         if found is not None:
             return found

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from core import keys
+from core.logs import log_context
 from models import ItemStatus, JobKind, JobStatus, ScanJob, image_scans, jobs
 from models.base import older_than
 from models.db import transaction
@@ -65,9 +66,10 @@ def run_regular_scan(rt: Runtime, job_id: int) -> str:
             claimed = claim_regular(session, job_id, token)
         if claimed is None:
             return DONE
-        log.info("job=%s started token=%s attempt=%s", job_id, token, claimed.attempts)
-        lease.start_heartbeat()
-        Sweep(rt, claimed, lease).run()
+        with log_context(job=job_id, team=claimed.team, image=claimed.target_name):
+            log.info("job=%s started token=%s attempt=%s", job_id, token, claimed.attempts)
+            lease.start_heartbeat()
+            Sweep(rt, claimed, lease).run()
         rt.admission.job_ended(job_id)
     except Fenced as exc:
         log.warning("job=%s gave up: %s", job_id, exc)
@@ -178,8 +180,8 @@ class Sweep:
         with transaction(self.rt.sessions) as session:
             fence(session, self.job.id, self.token)
             image_scans.add_items(session, self.job.id, batch)
-            if final:
-                image_scans.set_total(session, self.job.id, discovered=complete)
+            # The total grows batch by batch, so progress shows discovery as it goes.
+            image_scans.set_total(session, self.job.id, discovered=final and complete)
 
     def _note(self, message: str) -> None:
         log.warning("job=%s %s", self.job.id, message)

@@ -12,6 +12,8 @@ from functools import lru_cache
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.logs import add_secret
+from core.reference import parse_registry
 from core.secrets import SecretKeyError, UndecryptableSecret, secret_box
 from core.settings import Settings, get_settings
 from core.tasks import Publisher
@@ -22,6 +24,7 @@ from scanner.registry.client import RegistryClient, SessionPool
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire
+from worker.telemetry import CountedRequests
 
 CREDENTIAL_CACHE_SECONDS = 60.0
 
@@ -88,7 +91,7 @@ class RegistryAuths:
                 "POST /api/v1/credentials or change the specification's credentialID"
             )
         try:
-            return row.account_id, secret_box(self.settings).decrypt(row.secret_token)
+            password = secret_box(self.settings).decrypt(row.secret_token)
         except SecretKeyError as exc:
             raise CredentialUnavailable(
                 f"credential {credential_id!r} cannot be used by this worker: {exc}"
@@ -98,6 +101,8 @@ class RegistryAuths:
                 f"credential {credential_id!r} cannot be decrypted: {exc}; give the API and "
                 "every worker the same REGSCAN_SECRET_KEY, or save the credential again"
             ) from None
+        add_secret(password)  # whatever logs an error of this registry, not its password
+        return row.account_id, password
 
 
 @dataclass
@@ -135,7 +140,9 @@ class Runtime:
             backoff=s.registry_backoff,
             backoff_max=s.registry_backoff_max,
             pool=self.registry_sessions,
-            auth=self.auths.for_registry(base_url, credential_id),
+            auth=CountedRequests(
+                self.auths.for_registry(base_url, credential_id), parse_registry(base_url).host
+            ),
         )
 
 

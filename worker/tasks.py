@@ -6,9 +6,19 @@ import logging
 import random
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from core import fair
+from core.logs import clear_context, set_context
+from core.settings import get_settings
+from core.telemetry import TALLY, Flusher
 from worker import callbacks, images, regular, rematch
 from worker.app import app
 from worker.periodic import PeriodicPasses
@@ -95,14 +105,36 @@ def deliver_callback(self, job_id: int) -> None:
     callbacks.deliver(get_runtime(), job_id, attempt=self.request.retries + 1)
 
 
-# -- the periodic passes: started when the worker is ready, stopped with it ----------
+# -- logging: the regscan command configured it; each task's lines name the task -------
+
+
+@setup_logging.connect
+def _keep_our_logging(**_kwargs: object) -> None:
+    """Connected, so Celery leaves the handlers ``regscan worker`` set up alone (the
+    format chosen with REGSCAN_LOG_FORMAT, secrets masked)."""
+
+
+@task_prerun.connect
+def _task_context(task: object = None, **_kwargs: object) -> None:
+    set_context(task=getattr(task, "name", None))
+
+
+@task_postrun.connect
+def _task_context_done(**_kwargs: object) -> None:
+    clear_context()
+
+
+# -- the periodic passes and the metrics flush: started when the worker is ready,
+# stopped with it ------------------------------------------------------------------------
 
 _passes = PeriodicPasses(get_runtime)
+_flusher = Flusher(TALLY, lambda: get_runtime().redis, get_settings().metrics_flush_seconds)
 
 
 @worker_ready.connect
 def _start_passes(**_kwargs: object) -> None:
     _passes.start()
+    _flusher.start()
 
 
 @worker_shutting_down.connect
@@ -115,3 +147,4 @@ def _hand_off_sweeps(**_kwargs: object) -> None:
 @worker_shutdown.connect
 def _stop_passes(**_kwargs: object) -> None:
     _passes.stop()
+    _flusher.stop()  # the last counts reach the shared totals before the process ends

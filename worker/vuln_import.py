@@ -1,7 +1,15 @@
 """Importing vulnerability data: OSV records from a file, a folder, a zip or a URL,
-stored as new or newer, and the configured sources refreshed once per period for the
-whole cluster. A change bumps the data's generation; :mod:`worker.rematch` then brings
-the stored images' findings up to it.
+stored as new or newer, and the sources refreshed once per period for the whole
+cluster. A change bumps the data's generation; :mod:`worker.rematch` then brings the
+stored images' findings up to it.
+
+The sources are the configured ones (``REGSCAN_VULNDB_SOURCES``), or by default the
+OSV exports of the ecosystems the stored images hold: ``<REGSCAN_VULNDB_OSV_URL>/
+<ecosystem>/all.zip``, one per ecosystem, so a fresh install finds vulnerabilities
+without configuration. A source never fetched (an image of a new ecosystem was just
+stored) or whose last refresh failed is tried again within a pass and then every
+``vulndb_retry_seconds``, not only once per period; a failing source keeps the records
+it gave before.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import keys
-from models import vuln_records
+from models import fleet, vuln_records
 from models.db import transaction
 from scanner.vulns import matching, osv
 from worker.runtime import Runtime
@@ -148,12 +157,73 @@ def _chunked(items: Iterable[osv.Record | osv.Invalid], size: int) -> Iterator[l
 
 
 def refresh_if_due(rt: Runtime, node: str) -> None:
-    """Start this period's refresh of the configured sources if no worker has yet."""
+    """Start this period's refresh of the sources if no worker has yet; else fetch the
+    sources that are behind (never fetched, or failing) if no worker is already."""
+    locations = rt.settings.vulndb_locations or default_locations(rt)
+    if not locations:
+        return
     period_ms = int(rt.settings.vulndb_refresh_seconds * 1000)
-    locations = rt.settings.vulndb_locations
-    if locations and rt.redis.set(keys.VULNDB_REFRESH, node, nx=True, px=period_ms):
-        # A download can take minutes: not on the periodic pass's own thread.
-        threading.Thread(target=refresh, args=(rt, locations), daemon=True).start()
+    if rt.redis.set(keys.VULNDB_REFRESH, node, nx=True, px=period_ms):
+        _in_background(rt, locations)
+        return
+    retry = max(1, int(rt.settings.vulndb_retry_seconds))
+    claimed = [
+        location
+        for location in _behind(rt, locations)
+        if rt.redis.set(keys.vulndb_retry(location), node, nx=True, ex=retry)
+    ]
+    if claimed:
+        _in_background(rt, claimed)
+
+
+def _in_background(rt: Runtime, locations: list[str]) -> None:
+    # A download can take minutes: not on the periodic pass's own thread.
+    threading.Thread(target=refresh, args=(rt, locations), daemon=True).start()
+
+
+def _behind(rt: Runtime, locations: list[str]) -> list[str]:
+    """The locations never refreshed, or whose last refresh failed."""
+    with rt.sessions() as session:
+        known = {
+            source.location: source
+            for source in fleet.vuln_freshness(session).sources
+            if source.location in locations
+        }
+    return [
+        location
+        for location in locations
+        if location not in known
+        or known[location].refreshed_at is None
+        or known[location].last_error
+    ]
+
+
+def default_locations(rt: Runtime) -> list[str]:
+    """The OSV exports of the ecosystems the stored images hold, when no source is
+    configured; none when ``vulndb_osv_url`` is empty."""
+    base = rt.settings.vulndb_osv_url.rstrip("/")
+    if not base:
+        return []
+    with rt.sessions() as session:
+        releases = fleet.os_releases(session)
+        types = fleet.package_types(session)
+    return [f"{base}/{quote(name)}/all.zip" for name in sorted(export_names(releases, types))]
+
+
+def export_names(releases: Iterable[tuple[str, str, str]], package_types: set[str]) -> set[str]:
+    """The OSV export (top-level ecosystem: ``Debian``, ``Rocky Linux``, ``PyPI``) of
+    each OS release (os-release ID, VERSION_ID, PRETTY_NAME) and package type held."""
+    names: set[str] = set()
+    if "package" in package_types:
+        for distro, version, pretty in releases:
+            image_os = matching.ImageOS(distro, version, pretty)
+            names.update(eco.split(":")[0] for eco in matching.os_ecosystems(image_os))
+    names.update(
+        matching.LANGUAGE_ECOSYSTEMS[kind]
+        for kind in package_types
+        if kind in matching.LANGUAGE_ECOSYSTEMS
+    )
+    return names
 
 
 def refresh(rt: Runtime, locations: list[str]) -> None:
