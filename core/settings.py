@@ -224,8 +224,10 @@ class Settings(BaseSettings):
         "tried again after this long rather than at the next refresh period.",
     )
     rematch_batch: int = Field(
-        default=50,
-        description="Images re-matched per task when the vulnerability data changed.",
+        default=200,
+        gt=0,
+        description="Package versions matched again, and images linked to theirs, per "
+        "re-match task when the vulnerability data changed.",
     )
 
     log_format: Literal["text", "json"] = Field(

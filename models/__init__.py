@@ -11,7 +11,7 @@ from models.api_tokens import ApiToken
 from models.base import Base
 from models.callbacks import CallbackDelivery
 from models.credentials import Credential
-from models.findings import Finding
+from models.findings import Finding, ImageTarget, PackageFinding, PackageVersion
 from models.idempotency import IdempotencyKey
 from models.image_scans import ImageScan, ItemStatus
 from models.images import Image, ImagePackage, Tag
@@ -37,10 +37,13 @@ __all__ = [
     "Image",
     "ImagePackage",
     "ImageScan",
+    "ImageTarget",
     "ItemStatus",
     "JobKind",
     "JobStatus",
     "LayerAnalysis",
+    "PackageFinding",
+    "PackageVersion",
     "RegistrySpec",
     "ScanJob",
     "ScanResult",

@@ -8,16 +8,15 @@ writes.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 from sqlalchemy import Select, case, distinct, func, select
 from sqlalchemy.orm import Session
 
-from models.findings import Finding
+from models.findings import ImageTarget, PackageFinding
 from models.images import Image, ImagePackage, matched_before
 from models.jobs import JobKind, JobStatus, ScanJob
 from models.results import ScanResult
@@ -29,8 +28,12 @@ UNKNOWN = "unknown"
 ResultKey = tuple[str, str, str, str]
 
 _RANK = case(
-    {name: n for n, name in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES)
+    {name: n for n, name in enumerate(SEVERITIES)},
+    value=PackageFinding.severity,
+    else_=len(SEVERITIES),
 )
+# An image's counts by severity, kept on its row (models.findings).
+_COUNTS = (Image.vulns_critical, Image.vulns_high, Image.vulns_medium, Image.vulns_low)
 
 
 def severity_name(value: str) -> str:
@@ -158,15 +161,10 @@ def scans_of_image(
 
 def severity_totals(session: Session) -> dict[str, int]:
     """Findings of the current images by severity (unknown included)."""
-    stmt = (
-        select(Finding.severity, func.count())
-        .where(Finding.image_id.in_(current_image_ids()))
-        .group_by(Finding.severity)
-    )
-    totals = dict.fromkeys((*SEVERITIES, UNKNOWN), 0)
-    for severity, n in session.execute(stmt):
-        totals[severity_name(severity)] += n
-    return totals
+    sums = [func.coalesce(func.sum(c), 0) for c in (*_COUNTS, Image.vulns_total)]
+    stmt = select(*sums).where(Image.id.in_(current_image_ids()))
+    *by_severity, total = (int(n) for n in session.execute(stmt).one())
+    return {**dict(zip(SEVERITIES, by_severity, strict=True)), UNKNOWN: total - sum(by_severity)}
 
 
 @dataclass(frozen=True)
@@ -178,12 +176,13 @@ class Widespread:
 
 def widespread(session: Session, limit: int = 10) -> list[Widespread]:
     """The vulnerabilities found in the most current images."""
-    images = func.count(distinct(Finding.image_id))
+    images = func.count(distinct(ImageTarget.image_id))
     stmt = (
-        select(Finding.vuln_id, func.min(_RANK), images)
-        .where(Finding.image_id.in_(current_image_ids()))
-        .group_by(Finding.vuln_id)
-        .order_by(images.desc(), func.min(_RANK), Finding.vuln_id)
+        select(PackageFinding.vuln_id, func.min(_RANK), images)
+        .join(ImageTarget, ImageTarget.package_version_id == PackageFinding.package_version_id)
+        .where(ImageTarget.image_id.in_(current_image_ids()))
+        .group_by(PackageFinding.vuln_id)
+        .order_by(images.desc(), func.min(_RANK), PackageFinding.vuln_id)
         .limit(limit)
     )
     return [
@@ -195,31 +194,26 @@ def widespread(session: Session, limit: int = 10) -> list[Widespread]:
 def severity_counts(
     session: Session, image_ids: Sequence[int] | None = None
 ) -> dict[int, Counter[str]]:
-    """Findings per image and severity: of ``image_ids``, or of every image."""
-    stmt = select(Finding.image_id, Finding.severity, func.count()).group_by(
-        Finding.image_id, Finding.severity
-    )
+    """Findings per image and severity: of ``image_ids``, or of every image with any."""
+    stmt = select(Image.id, *_COUNTS, Image.vulns_total).where(Image.vulns_total > 0)
     if image_ids is not None:
         if not image_ids:
             return {}
-        stmt = stmt.where(Finding.image_id.in_(set(image_ids)))
-    counts: dict[int, Counter[str]] = defaultdict(Counter)
-    for image_id, severity, n in session.execute(stmt):
-        counts[image_id][severity_name(severity)] += n
+        stmt = stmt.where(Image.id.in_(set(image_ids)))
+    counts: dict[int, Counter[str]] = {}
+    for image_id, *by_severity, total in session.execute(stmt):
+        found = Counter(dict(zip(SEVERITIES, by_severity, strict=True)))
+        found[UNKNOWN] = total - sum(by_severity)
+        counts[image_id] = +found  # severities with no finding left out
     return counts
 
 
 def most_vulnerable(session: Session, limit: int = 10) -> list[tuple[int, Counter[str]]]:
     """Current images with the most severe findings: (image id, counts by severity)."""
-
-    def count_of(severity: str) -> Any:
-        return func.sum(case((Finding.severity == severity, 1), else_=0))
-
     stmt = (
-        select(Finding.image_id)
-        .where(Finding.image_id.in_(current_image_ids()))
-        .group_by(Finding.image_id)
-        .order_by(*(count_of(s).desc() for s in SEVERITIES), func.count().desc())
+        select(Image.id)
+        .where(Image.id.in_(current_image_ids()), Image.vulns_total > 0)
+        .order_by(*(c.desc() for c in _COUNTS), Image.vulns_total.desc(), Image.id)
         .limit(limit)
     )
     ids = list(session.scalars(stmt))

@@ -58,6 +58,13 @@ class Image(Base):
     # Vulnerability data generation (models.vuln_records.VulnDbState) the findings were
     # matched against; None until matched.
     matched_generation: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
+    # Its findings counted by severity (models.findings keeps them current); total counts
+    # unknown severities too.
+    vulns_critical: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    vulns_high: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    vulns_medium: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    vulns_low: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    vulns_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_scanned: Mapped[datetime] = mapped_column(default=utcnow)
 

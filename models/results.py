@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
-from models.findings import images_affected_by
+from models.findings import images_affected_by, lock_for_linking
 from models.image_scans import ImageScan
 from models.images import Image, ImagePackage, Tag, find_image, images_holding, set_image_packages
 
@@ -151,6 +151,9 @@ def record_results(
     """Store what a scan of ``item`` found: images with their inventories (None: the
     stored one still holds) made by ``analyser_version``, the tag, and the new latest
     results."""
+    # Before any image row is written: re-matching writes image rows too, holding this
+    # lock alone, so taking it later could wait on a holder waiting on us.
+    lock_for_linking(session)
     if item.tag:
         _upsert_tag(session, item, tag_digest)
     _retire_latest(session, item)
@@ -173,6 +176,7 @@ def _set_inventory(
     image.distro = inventory.os.name
     image.packages = [p.to_json() for p in inventory.packages]
     image.analyser_version = analyser_version
+    image.matched_generation = None  # a new inventory: linked to its package versions anew
     set_image_packages(session, image.id, image.packages)
 
 

@@ -190,11 +190,19 @@ def changed_since(
     return None if len(rows) > limit else rows
 
 
-def forget_changes(session: Session) -> int:
-    """Delete the changes every matched image is past; how many rows."""
-    oldest = session.scalar(select(func.min(Image.matched_generation)))
-    if oldest is None:  # no image matched yet: each will be matched in full
-        oldest = current_generation(session)
+def forget_changes(session: Session, oldest_package_version: int | None) -> int:
+    """Delete the changes every matched image and package version (the oldest matched
+    at ``oldest_package_version``) is past; how many rows."""
+    matched = [
+        g
+        for g in (
+            session.scalar(select(func.min(Image.matched_generation))),
+            oldest_package_version,
+        )
+        if g is not None
+    ]
+    # Nothing matched yet: each will be matched in full.
+    oldest = min(matched) if matched else current_generation(session)
     stmt = delete(VulnChange).where(VulnChange.generation <= oldest)
     return rowcount(session.execute(stmt))
 

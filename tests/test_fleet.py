@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from api.dashboard.charts import stacked_bars
 from core.requester import Requester
-from models import Finding, Image, JobKind, JobStatus, ScanResult, fleet, jobs
+from models import Image, JobKind, JobStatus, ScanResult, findings, fleet, jobs
 from models.db import make_engine, make_sessionmaker, transaction
+from models.findings import PackageRef
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -28,23 +29,20 @@ def sessions(own_database: str) -> Iterator:
 
 
 def image(session: Session, repo: str, digest: str, severities: list[str]) -> int:
+    """An image holding a package version of its own per finding, with that severity."""
     row = Image(registry_host="r:5000", repository=repo, digest=digest, analyser_version=1)
     session.add(row)
     session.flush()
+    links: dict[int, tuple[str, ...]] = {}
     for n, severity in enumerate(severities):
-        cve = f"CVE-2026-{n % 2:04d}"
-        detail = {"cve": cve, "severity": severity}
-        session.add(
-            Finding(
-                image_id=row.id,
-                vuln_id=cve,
-                package_type="package",
-                package_name=f"p{n}",
-                package_version="1",
-                severity=severity,
-                detail=detail,
-            )
-        )
+        cve, name = f"CVE-2026-{n % 2:04d}", f"{repo}-{digest}-p{n}"
+        ref = PackageRef(("Debian:12",), name, "1", "package", name, "1")
+        [known] = findings.ensure_package_versions(session, [ref]).values()
+        detail = {"cve": cve, "severity": severity, "cvss": None, "packageType": "package",
+                  "packageName": name, "packageVersion": "1"}  # fmt: skip
+        findings.store_matches(session, {known.id: [detail]}, generation=0)
+        links[known.id] = ()
+    findings.link_image(session, row, links, generation=0)
     return row.id
 
 

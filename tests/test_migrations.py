@@ -101,7 +101,7 @@ def test_images_still_due_at_the_change_log_upgrade_are_matched_in_full(empty_da
             )
 
     # When the revision that starts logging the data's changes runs
-    upgrade(empty_database)
+    command.upgrade(alembic_config(empty_database), "ba30dade069c")
 
     # Then the image still due is to be matched in full (its changes were never logged),
     # and the current one stays current

@@ -1,7 +1,8 @@
 """What a data change re-matches, on a private database of each backend: only the
-packages it names, so other packages' findings are kept as they are and images holding
-none of them are only marked current; changes of an import cut off before its end are
-not lost, and the change log is pruned once every image is past it."""
+package versions it names, so other package versions' findings are kept as they are and
+are only marked current, whatever number of images hold them; changes of an import cut
+off before its end are not lost, and the change log is pruned once every image is past
+it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Finding, Image, VulnChange
+from models import Image, ImageTarget, PackageFinding, VulnChange
 from models import vuln_records as store
 from models.db import make_engine, make_sessionmaker, transaction
 from regscan.db import upgrade
@@ -78,16 +79,20 @@ def state(sessions: sessionmaker[Session], image_id: int) -> tuple[dict[str, int
     """The image's findings (CVE id -> row id), and the generation matched against."""
     with sessions() as session:
         rows = session.execute(
-            select(Finding.vuln_id, Finding.id).where(Finding.image_id == image_id)
+            select(PackageFinding.vuln_id, PackageFinding.id)
+            .join(ImageTarget, ImageTarget.package_version_id == PackageFinding.package_version_id)
+            .where(ImageTarget.image_id == image_id)
         ).all()
         generation = session.get(Image, image_id).matched_generation
     return dict(rows), generation
 
 
 def rematch_all(sessions: sessionmaker[Session]) -> tuple[int, int, int]:
-    """Images matched again (in full, in some packages) and marked current only."""
+    """Images linked (matched for the first time), package versions matched again, and
+    package versions marked current only."""
     counts = rematch_batch(sessions, 1000)
-    return counts.matched, counts.partly, counts.unaffected
+    assert not counts.more
+    return counts.linked, counts.versions_matched, counts.versions_unchanged
 
 
 def test_only_the_packages_a_change_names_are_matched_again(
@@ -104,7 +109,7 @@ def test_only_the_packages_a_change_names_are_matched_again(
         record("CVE-2099-0002", "bar", modified=first),
         record("CVE-2099-0009", "keep", modified=first),
     )
-    assert rematch_all(sessions) == (2, 0, 0)  # never matched: both in full
+    assert rematch_all(sessions) == (2, 0, 0)  # never matched: both linked
     one_rows, _ = state(sessions, one)
     two_rows, _ = state(sessions, two)
     assert set(one_rows) == {"CVE-2099-0001", "CVE-2099-0009"}
@@ -120,7 +125,7 @@ def test_only_the_packages_a_change_names_are_matched_again(
     )
 
     # Then only foo is matched again: its finding goes, keep's row stays as it was
-    assert rematch_all(sessions) == (0, 1, 1)
+    assert rematch_all(sessions) == (0, 1, 2)
     assert state(sessions, one) == ({"CVE-2099-0009": one_rows["CVE-2099-0009"]}, generation)
     # And the image holding bar keeps its finding rows as they were, now current
     assert state(sessions, two) == (two_rows, generation)
@@ -131,7 +136,7 @@ def test_only_the_packages_a_change_names_are_matched_again(
     )
 
     # Then bar is matched again too: what a record named before counts
-    assert rematch_all(sessions) == (0, 1, 1)
+    assert rematch_all(sessions) == (0, 1, 2)
     assert state(sessions, two) == ({}, generation)
 
 

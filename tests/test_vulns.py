@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models import Finding, Image, Tag
+from models import Image, ImageTarget, PackageFinding, Tag
 from models import vuln_records as store
 from testbed.images import Pusher
 from testbed.osv_export import OsvExportServer
@@ -461,7 +461,14 @@ def test_a_data_change_rewrites_only_the_images_holding_a_package_it_names(
                 .join(Tag, Tag.digest == Image.digest)
                 .where(Tag.repository == repo, Tag.name == tag, Image.repository == repo)
             )
-            rows = session.scalars(select(Finding.id).where(Finding.image_id == image.id))
+            rows = session.scalars(
+                select(PackageFinding.id)
+                .join(
+                    ImageTarget,
+                    ImageTarget.package_version_id == PackageFinding.package_version_id,
+                )
+                .where(ImageTarget.image_id == image.id)
+            )
             return sorted(rows), image.matched_generation
 
     two_rows, _ = stored("two")

@@ -12,9 +12,20 @@ from sqlalchemy.orm import Session
 
 from core import keys
 from core.logs import log_context
-from models import Image, ImageScan, ItemStatus, JobKind, JobStatus, image_scans, jobs, results
+from models import (
+    Image,
+    ImageScan,
+    ItemStatus,
+    JobKind,
+    JobStatus,
+    image_scans,
+    jobs,
+    results,
+    vuln_records,
+)
 from models.db import transaction
 from models.fencing import Fenced, finish_item, finish_job
+from models.images import find_image
 from scanner.errors import ScanError, ScanStopped
 from scanner.inventory.packages import ANALYSER_VERSION
 from scanner.inventory.results import Inventory
@@ -190,6 +201,9 @@ def _write(
 ) -> None:
     """End the item with ``status``, storing what was found, or with ``found`` as its
     error (also shown as the tag's latest result, unless ``record`` is False)."""
+    if isinstance(found, list):
+        _bring_current(rt, item, found)
+    stale: list[int] = []
     away: OperationalError | None = None
     for tries in range(WRITE_TRIES):
         try:
@@ -205,9 +219,12 @@ def _write(
                     )
                     # Findings in the same transaction: a result is never seen without them.
                     for image_id in {r.image_id for r in stored if r.image_id is not None}:
-                        rematch.match_image(session, session.get_one(Image, image_id))
+                        image = session.get_one(Image, image_id)
+                        stale = rematch.match_image(session, image)
                 elif error is not None and record:
                     results.record_failure(session, item, error)
+            if stale:  # the data changed since _bring_current: the image follows it now
+                rematch.refresh(rt.sessions, stale)
             return
         except IntegrityError as exc:
             # A concurrent writer won a race: the transaction was rolled back whole, so
@@ -230,6 +247,32 @@ def _write(
         _write(rt, item, attempt, ItemStatus.FAILED, "could not store the scan result")
         return
     raise RuntimeError(f"image_scan={item.id}: could not store its result")
+
+
+def _bring_current(rt: Runtime, item: ImageScan, found: Found) -> None:
+    """Match again, before the result is stored, the package versions its images hold
+    that are older than the data (an import came after their last match, and the
+    re-match has not reached them yet): a result is never stored with findings older
+    than the data it was scanned under."""
+    refs: set[rematch.PackageRef] = set()
+    image_ids: list[int] = []
+    with rt.sessions() as session:
+        generation = vuln_records.current_generation(session)
+        for platform_image, inventory in found:
+            if inventory is not None:
+                packages = [p.to_json() for p in inventory.packages]
+                os = inventory.os
+                refs |= rematch.inventory_refs(os.distro, os.version, os.name, packages)
+                continue
+            known = find_image(session, item.registry_host, item.repository, platform_image.digest)
+            behind = known is not None and (known.matched_generation or generation) < generation
+            if known is not None and behind:
+                image_ids.append(known.id)
+        if not refs and not image_ids:
+            return
+        stale = rematch.stale_among(session, refs, image_ids)
+    if stale:
+        rematch.refresh(rt.sessions, stale)
 
 
 def _stop_checkpoint(rt: Runtime, job_id: int) -> Callable[[], None]:

@@ -1,23 +1,29 @@
-"""Matching stored inventories against the vulnerability data, and re-matching them when
-the data changes.
+"""Matching stored inventories against the vulnerability data, and matching again what
+a change of the data concerns.
 
-Matching reads only what scans stored (an image's inventory and OS); it never downloads
-a blob or asks a registry anything, so re-matching the whole fleet after the data
-changed costs database reads only.
+Findings are stored per package version (``models.findings``): an image is *linked* to
+the package versions it holds, and a package version nobody held before is matched when
+the first image holding it is linked. When the data changes, only the package versions
+the changed records name are matched again, and the counts of the images holding them
+follow, set by set; a package version the change does not name is just marked current.
+Matching reads only what scans stored; it never asks a registry anything.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import keys
 from models import Image, findings, vuln_records
 from models.base import utcnow
 from models.db import transaction
+from models.findings import ImageTarget, PackageRef, PackageVersion
 from scanner.vulns import matching, osv
 from worker.runtime import Runtime
 
@@ -26,19 +32,18 @@ log = logging.getLogger(__name__)
 # re-match benchmark's data: 1.5 KB per parsed record, 0.7 KB per package's findings.
 MEMO_RECORDS = 20_000
 MEMO_TARGETS = 50_000
-# Past this many changed packages since an image's match, it is matched again without
-# comparing: a first import or a full refresh changes everything anyway.
+# Past this many changed packages since a package version's match, it is matched again
+# without comparing: a first import or a full refresh changes everything anyway.
 CHANGED_KEYS_LIMIT = 20_000
 
 
 @dataclass
 class MatchMemo:
-    """What matching images against one generation of the data can share: the ids of the
+    """What matching against one generation of the data can share: the ids of the
     records naming each (ecosystem, package), the records read and parsed (``None`` for
-    withdrawn or unreadable ones) and each package's findings.
+    withdrawn or unreadable ones), each target's findings, and by generation the
+    packages the data changed for since (``None``: too many to compare).
 
-    Images share most of their candidate records and many of their packages, so reading,
-    parsing and evaluating them again for each image was most of a re-match's cost.
     Valid for one generation only: the data changes only with a new generation.
     """
 
@@ -46,8 +51,6 @@ class MatchMemo:
     naming: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     records: dict[str, osv.Record | None] = field(default_factory=dict)
     targets: dict[matching.Target, matching.TargetMatch] = field(default_factory=dict)
-    # By the generation an image was matched at: the packages changed since (None: too
-    # many to compare).
     changed: dict[int, frozenset[tuple[str, str]] | None] = field(default_factory=dict)
 
     @property
@@ -62,9 +65,9 @@ _memo: MatchMemo | None = None
 
 
 def memo_for(generation: int) -> MatchMemo:
-    """This process's memo for ``generation``, shared by the re-match batches it runs.
+    """This process's memo for ``generation``, shared by the matches it runs.
 
-    A batch that read an older generation than the current memo's gets one of its own,
+    A caller that read an older generation than the current memo's gets one of its own,
     so what it reads never mixes with the newer data's.
     """
     global _memo
@@ -76,32 +79,29 @@ def memo_for(generation: int) -> MatchMemo:
     return MatchMemo(generation)
 
 
-def match_image(
-    session: Session, image: Image, generation: int | None = None, memo: MatchMemo | None = None
-) -> int:
-    """Match one stored image against the data and replace its findings; the number of
-    findings. Reads the generation before the records, so data that changes meanwhile
-    leaves the image due for another pass rather than marked current.
-    """
-    if generation is None:
-        generation = vuln_records.current_generation(session)
-    if memo is None or memo.generation != generation:
-        memo = MatchMemo(generation)
-    return _match(session, image, _targets(image), generation, memo)
+# -- package versions ---------------------------------------------------------------------
 
 
-def current_findings(session: Session, image: Image) -> list[dict]:
-    """The image's findings against the data as it is now, matched afresh and not
-    stored: what its stored findings must equal once it is current."""
-    memo = MatchMemo(vuln_records.current_generation(session))
-    return _findings(session, _targets(image), memo).findings
+def ref_of(target: matching.Target) -> PackageRef:
+    return PackageRef(
+        target.ecosystems,
+        target.name,
+        target.version,
+        target.package_type,
+        target.package_name,
+        target.package_version,
+    )
 
 
-def _findings(
-    session: Session, found: list[matching.Target], memo: MatchMemo
-) -> matching.MatchResult:
-    records = _records(session, _candidates(session, matching.lookup_keys(found), memo), memo)
-    return matching.match(found, records, utcnow(), memo.targets)
+def _target_of(ref: PackageRef) -> matching.Target:
+    return matching.Target(
+        ref.ecosystems,
+        ref.name,
+        ref.version,
+        ref.package_type,
+        ref.package_name,
+        ref.package_version,
+    )
 
 
 def _targets(image: Image) -> list[matching.Target]:
@@ -109,35 +109,36 @@ def _targets(image: Image) -> list[matching.Target]:
     return matching.targets(image_os, image.packages or [])
 
 
-def _match(
-    session: Session,
-    image: Image,
-    found: list[matching.Target],
-    generation: int,
-    memo: MatchMemo,
-    only: set[findings.PackageKey] | None = None,
-) -> int:
-    """Match ``found`` and store the findings: all of the image's, or with ``only``, those
-    of these packages (the others are kept as they are)."""
-    result = _findings(session, found, memo)
+def _links(image: Image) -> dict[PackageRef, tuple[str, ...]]:
+    """The package versions ``image`` holds, with the binaries it has of each."""
+    links: dict[PackageRef, tuple[str, ...]] = {}
+    for target in _targets(image):
+        ref = ref_of(target)
+        links[ref] = tuple(sorted({*links.get(ref, ()), *target.binaries}))
+    return links
+
+
+def _match(session: Session, refs: dict[int, PackageRef], memo: MatchMemo) -> dict[int, list[dict]]:
+    """The findings of each package version (id -> findings) against the memo's data."""
+    targets = {pv_id: _target_of(ref) for pv_id, ref in refs.items()}
+    wanted = matching.lookup_keys(list(targets.values()))
+    records = _records(session, _candidates(session, wanted, memo), memo)
+    result = matching.match(list(targets.values()), records, utcnow(), memo.targets)
     if result.unreadable_ranges:
-        log.info(
-            "image=%s: %s ranges skipped (unreadable versions)", image.id, result.unreadable_ranges
-        )
-    findings.replace_findings(session, image, result.findings, generation, only=only)
-    return len(result.findings)
+        log.info("%s ranges skipped (unreadable versions)", result.unreadable_ranges)
+    return {pv_id: list(memo.targets[target].findings) for pv_id, target in targets.items()}
 
 
-def _candidates(session: Session, keys: set[tuple[str, str]], memo: MatchMemo) -> set[str]:
-    """Ids of the records naming any of ``keys``, asking the database only for keys the
-    memo has not seen yet."""
+def _candidates(session: Session, wanted: set[tuple[str, str]], memo: MatchMemo) -> set[str]:
+    """Ids of the records naming any of ``wanted``, asking the database only for keys
+    the memo has not seen yet."""
     naming = memo.naming
-    missing = keys - naming.keys()
+    missing = wanted - naming.keys()
     if missing:
         found = vuln_records.records_naming(session, missing)
         for key in missing:
             naming[key] = frozenset(found.get(key, ()))
-    return set().union(*(naming[key] for key in keys))
+    return set().union(*(naming[key] for key in wanted))
 
 
 def _records(session: Session, ids: set[str], memo: MatchMemo) -> list[osv.Record]:
@@ -158,57 +159,170 @@ def _parse(data: dict) -> osv.Record | None:
         return None
 
 
+# -- linking an image ---------------------------------------------------------------------
+
+
+def match_image(
+    session: Session, image: Image, generation: int | None = None, memo: MatchMemo | None = None
+) -> list[int]:
+    """Give a stored image its findings: link it to the package versions it holds (those
+    nobody held before are matched now), unless it is linked already. The ids of the
+    package versions it holds that are older than the data (for :func:`refresh`).
+
+    Call it under :func:`models.findings.lock_for_linking`.
+    """
+    if generation is None:
+        generation = vuln_records.current_generation(session)
+    if image.matched_generation is not None:  # linked: its inventory did not change
+        return [] if image.matched_generation >= generation else _stale_of(session, image.id)
+    if memo is None or memo.generation != generation:
+        memo = memo_for(generation)
+    links = _links(image)
+    known = findings.ensure_package_versions(session, links)
+    unmatched = {k.id: ref for ref, k in _by_ref(links, known) if k.matched_generation is None}
+    findings.store_matches(session, _match(session, unmatched, memo), generation)
+    findings.link_image(
+        session, image, {known[ref.key].id: binaries for ref, binaries in links.items()}, generation
+    )
+    return [
+        k.id
+        for _ref, k in _by_ref(links, known)
+        if k.matched_generation is not None and k.matched_generation < generation
+    ]
+
+
+def _by_ref(
+    links: dict[PackageRef, tuple[str, ...]], known: dict[str, findings.Known]
+) -> Iterable[tuple[PackageRef, findings.Known]]:
+    return ((ref, known[ref.key]) for ref in links)
+
+
+def _stale_of(session: Session, image_id: int) -> list[int]:
+    stmt = (
+        select(PackageVersion.id)
+        .join(ImageTarget, ImageTarget.package_version_id == PackageVersion.id)
+        .where(ImageTarget.image_id == image_id)
+        .where(PackageVersion.matched_generation < vuln_records.current_generation(session))
+    )
+    return list(session.scalars(stmt))
+
+
+def current_findings(session: Session, image: Image) -> list[dict]:
+    """The image's findings against the data as it is now, matched afresh and not
+    stored: what its stored findings must equal once it is current."""
+    memo = MatchMemo(vuln_records.current_generation(session))
+    found = _targets(image)
+    wanted = matching.lookup_keys(found)
+    records = _records(session, _candidates(session, wanted, memo), memo)
+    return matching.match(found, records, utcnow(), memo.targets).findings
+
+
+def inventory_refs(
+    distro: str, version: str, pretty_name: str, packages: list[dict]
+) -> set[PackageRef]:
+    """The package versions an inventory holds."""
+    image_os = matching.ImageOS(distro, version, pretty_name)
+    return {ref_of(t) for t in matching.targets(image_os, packages)}
+
+
+def stale_among(
+    session: Session, refs: Iterable[PackageRef] = (), image_ids: Iterable[int] = ()
+) -> list[int]:
+    """Ids of the package versions older than the data among ``refs`` and those the
+    images ``image_ids`` hold."""
+    generation = vuln_records.current_generation(session)
+    stale: set[int] = set()
+    for chunk in vuln_records.chunks(sorted(ref.key for ref in refs)):
+        stmt = select(PackageVersion.id).where(
+            PackageVersion.key.in_(chunk), PackageVersion.matched_generation < generation
+        )
+        stale.update(session.scalars(stmt))
+    for image_id in image_ids:
+        stale.update(_stale_of(session, image_id))
+    return sorted(stale)
+
+
+# -- the data changed -----------------------------------------------------------------------
+
+
 @dataclass
 class RematchCounts:
-    matched: int = 0  # matched again in full, all findings replaced
-    partly: int = 0  # only the packages the data changed for matched again
-    unaffected: int = 0  # holding no package the data changed for: marked current only
+    linked: int = 0  # images linked to their package versions (never matched before)
+    versions_matched: int = 0  # package versions matched again: the data changed for them
+    versions_unchanged: int = 0  # package versions the data did not change for
+    images_changed: int = 0  # images whose counts changed
+    more: bool = False  # a batch stopped at its limit: there is more to do
 
     @property
-    def images(self) -> int:
-        return self.matched + self.partly + self.unaffected
+    def work(self) -> int:
+        return self.linked + self.versions_matched + self.versions_unchanged
 
 
-def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
-    """Bring up to ``limit`` images whose findings predate the data up to date.
-
-    A package's findings depend only on the records naming it, so only the packages the
-    data changed for since an image's match are matched again, and only their findings
-    replaced; an image holding none is just marked current. An image never matched, or
-    matched before more changes than ``CHANGED_KEYS_LIMIT``, is matched in full.
-    """
+def refresh(sessions: sessionmaker[Session], pv_ids: Sequence[int]) -> RematchCounts:
+    """Bring these package versions up to the data, with the counts of the images
+    holding them, in a transaction of its own."""
     counts = RematchCounts()
     with transaction(sessions) as session:
+        findings.lock_for_refresh(session)
         generation = vuln_records.current_generation(session)
-        images = findings.images_due(session, generation, limit)
         memo = memo_for(generation)
-        for image in images:
-            found = _targets(image)
-            changed = _changed_since(session, image, memo)
-            if changed is None:
-                _match(session, image, found, generation, memo)
-                counts.matched += 1
-                continue
-            packages = {_package(t) for t in found if _names_any(t, changed)}
-            if packages:
-                # Every target shown as one of these packages: their findings are replaced.
-                again = [t for t in found if _package(t) in packages]
-                _match(session, image, again, generation, memo, only=packages)
-                counts.partly += 1
-            else:
-                image.matched_generation = generation
-                counts.unaffected += 1
+        stale = [
+            (pv_id, g)
+            for pv_id, g in findings.generations_of(session, pv_ids)
+            if g is not None and g < generation
+        ]
+        _refresh(session, stale, generation, memo, counts)
     return counts
 
 
+def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
+    """One transaction's worth of bringing the stored findings up to the data: package
+    versions the changed records name are matched again (up to ``limit``), then images
+    never linked are linked (up to ``limit``), and once nothing is behind, every
+    package version and image is marked current."""
+    counts = RematchCounts()
+    with transaction(sessions) as session:
+        findings.lock_for_refresh(session)
+        generation = vuln_records.current_generation(session)
+        memo = memo_for(generation)
+        due = _changed_for(session, generation, memo, limit)
+        _refresh(session, due, generation, memo, counts)
+        unlinked = findings.unlinked_images(session, limit)
+        for image in unlinked:
+            match_image(session, image, generation, memo)
+        counts.linked = len(unlinked)
+        counts.more = len(due) >= limit or len(unlinked) >= limit
+        if not counts.more:
+            counts.versions_unchanged += findings.mark_all_matched(session, generation)
+            findings.mark_images_current(session, generation)
+    return counts
+
+
+def _changed_for(
+    session: Session, generation: int, memo: MatchMemo, limit: int
+) -> list[tuple[int, int]]:
+    """Up to ``limit`` (id, matched generation) of package versions older than
+    ``generation`` that a change since their match names."""
+    due: list[tuple[int, int]] = []
+    for since in findings.stale_generations(session, generation):
+        changed = _changed_since(session, since, memo)
+        if changed is None:
+            due += findings.stale_at(session, since, limit - len(due))
+        else:
+            names = {name for _eco, name in changed}
+            due += [
+                (pv_id, g)
+                for pv_id, g, ecosystems, name in findings.stale_naming(session, since, names)
+                if any((eco, name) in changed for eco in ecosystems)
+            ][: limit - len(due)]
+        if len(due) >= limit:
+            break
+    return due
+
+
 def _changed_since(
-    session: Session, image: Image, memo: MatchMemo
+    session: Session, since: int, memo: MatchMemo
 ) -> frozenset[tuple[str, str]] | None:
-    """The (ecosystem, name) pairs the data changed for since the image's match; None
-    when it was never matched or the changes are too many to compare."""
-    since = image.matched_generation
-    if since is None:
-        return None
     if since not in memo.changed:
         memo.changed[since] = vuln_records.changed_since(
             session, since, memo.generation, CHANGED_KEYS_LIMIT
@@ -216,34 +330,54 @@ def _changed_since(
     return memo.changed[since]
 
 
-def _names_any(target: matching.Target, keys: frozenset[tuple[str, str]]) -> bool:
-    return any((eco, target.name) in keys for eco in target.ecosystems)
-
-
-def _package(target: matching.Target) -> findings.PackageKey:
-    """The package as its findings name it."""
-    return (target.package_type, target.package_name, target.package_version)
+def _refresh(
+    session: Session,
+    stale: Sequence[tuple[int, int]],
+    generation: int,
+    memo: MatchMemo,
+    counts: RematchCounts,
+) -> None:
+    """Match again those of ``stale`` (id, matched generation) the data changed for
+    since, mark the others current, and carry the changes to the images' counts."""
+    refs = findings.refs_of(session, [pv_id for pv_id, _since in stale])
+    again: list[int] = []
+    unchanged: list[int] = []
+    for pv_id, since in stale:
+        changed = _changed_since(session, since, memo)
+        ref = refs[pv_id]
+        if changed is None or any((eco, ref.name) in changed for eco in ref.ecosystems):
+            again.append(pv_id)
+        else:
+            unchanged.append(pv_id)
+    changes = findings.store_matches(
+        session, _match(session, {i: refs[i] for i in again}, memo), generation
+    )
+    findings.mark_matched(session, unchanged, generation)
+    counts.versions_matched += len(again)
+    counts.versions_unchanged += len(unchanged)
+    counts.images_changed += findings.apply_changes(session, changes)
 
 
 def rematch_next(rt: Runtime) -> None:
-    """One batch of the re-match chain; the next batch is published while images remain."""
+    """One batch of the re-match chain; the next batch is published while work remains."""
     done = rematch_batch(rt.sessions, rt.settings.rematch_batch)
-    if done.images:
+    if done.work:
         log.info(
-            "re-matched %s images against the current vulnerability data in full, %s in "
-            "the packages it changed for; %s held none of them",
-            done.matched,
-            done.partly,
-            done.unaffected,
+            "brought findings up to the vulnerability data: %s package versions matched "
+            "again, %s unchanged, %s images linked, %s images' counts changed",
+            done.versions_matched,
+            done.versions_unchanged,
+            done.linked,
+            done.images_changed,
         )
-    if done.images >= rt.settings.rematch_batch:
+    if done.more:
         rt.publisher.rematch()
 
 
 def rematch_if_due(rt: Runtime) -> None:
-    """Publish a re-match when stored images were matched against older data (at most
-    once a minute, cluster-wide, however many workers look)."""
+    """Publish a re-match when stored findings are older than the data (at most once a
+    minute, cluster-wide, however many workers look)."""
     with rt.sessions() as session:
-        due = findings.any_due(session)
+        due = findings.any_due(session, vuln_records.current_generation(session))
     if due and rt.redis.set(keys.REMATCH_KICK, "1", nx=True, ex=keys.REMATCH_KICK_SECONDS):
         rt.publisher.rematch()
