@@ -107,9 +107,12 @@ class BulkScanRequest(Strict):
 
 
 SUPPORTED_VERSIONS = {"2": "Docker Registry v2"}
+MAX_COLLECTIONS = 100
 
 
 class Specification(Strict):
+    """One entry of the registry scanning configuration, in the reference shape."""
+
     version: StrictStr = "2"
     registry: StrictStr
     repository: StrictStr = ""
@@ -120,6 +123,15 @@ class Specification(Strict):
     os: StrictStr = "linux"
     cap: StrictInt = Field(default=5, ge=0)
     scanners: StrictInt = Field(default=2, ge=1, le=64)
+    # Prisma fields regscan applies (see scheduler/scope.py).
+    namespace: StrictStr = Field(default="", max_length=255)
+    versionPattern: StrictStr = Field(default="", max_length=255)
+    # Prisma fields kept and returned, not acted on.
+    harborDeploymentSecurity: StrictBool = False
+    collections: list[dict[str, Any] | StrictStr] = Field(
+        default_factory=list, max_length=MAX_COLLECTIONS
+    )
+    gitlabRegistrySpec: dict[str, Any] | None = None
 
     @field_validator("version")
     @classmethod
@@ -146,7 +158,13 @@ class Specification(Strict):
 
 
 class RegistrySettings(Strict):
+    """``{"specifications": [...]}``, with the read-only fields ``GET`` adds, so that a
+    document read can be written back: they are accepted and ignored."""
+
     specifications: list[Specification]
+    id: Any = Field(default=None, alias="_id")
+    webhookUrlSuffix: Any = None
+    harborScannerUrlSuffix: Any = None
 
 
 class Credentials(Strict):

@@ -1,13 +1,18 @@
 """What a worker process holds once: settings, database sessions, Redis, the publisher,
 admission and recovery (from :func:`scheduler.wiring.wire`), and the registry
-credentials in use (decrypted, briefly cached, never logged)."""
+credentials in use (decrypted, briefly cached, never logged) with the TLS options
+their credential carries (``caCert``, ``skipVerify``)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +35,33 @@ class CredentialUnavailable(ScanError):
     """A specification's credential cannot be used here: unknown, or not decryptable."""
 
 
+@dataclass(frozen=True)
+class Account:
+    """What a credential gives a registry client: the account, and how to check TLS."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    verify: bool | str = True
+
+
+ANONYMOUS = Account()
+
+
+def ca_bundle(pem: str) -> str:
+    """The path of a file holding these CA certificates, for requests' ``verify``.
+
+    requests reads CA certificates from a file, so each distinct bundle is written once,
+    named by its SHA-256, into a folder of this user's; certificates are public."""
+    folder = Path(tempfile.gettempdir()) / f"regscan-ca-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / f"{hashlib.sha256(pem.encode()).hexdigest()}.pem"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_text(pem)
+        partial.replace(path)
+    return str(path)
+
+
 class RegistryAuths:
     """One ``RegistryAuth`` per (registry, credential) for the whole process, so that
     registry tokens are reused across images; credentials are read again from the
@@ -45,7 +77,7 @@ class RegistryAuths:
         self.sessions = sessions
         self.ttl = ttl
         self._guard = threading.Lock()
-        self._accounts: dict[str, tuple[float, tuple[str, str]]] = {}
+        self._accounts: dict[str, tuple[float, Account]] = {}
         self._auths: dict[tuple[str, str], RegistryAuth] = {}
 
     def __repr__(self) -> str:
@@ -53,22 +85,26 @@ class RegistryAuths:
 
     def for_registry(self, base_url: str, credential_id: str = "") -> RegistryAuth:
         """The auth for a registry, with the credential's account, or anonymous for ""."""
-        username, password = self._account(credential_id) if credential_id else ("", "")
+        account = self.account(credential_id)
         key = (base_url, credential_id)
         with self._guard:
             auth = self._auths.get(key)
-            if auth is None or not auth.uses(username, password):
+            if auth is None or not auth.uses(account.username, account.password, account.verify):
                 s = self.settings
                 auth = RegistryAuth(
                     base_url,
-                    username,
-                    password,
+                    account.username,
+                    account.password,
                     timeout=(s.registry_connect_timeout, s.registry_read_timeout),
+                    verify=account.verify,
                 )
                 self._auths[key] = auth
         return auth
 
-    def _account(self, credential_id: str) -> tuple[str, str]:
+    def account(self, credential_id: str) -> Account:
+        """The credential's account and TLS options; anonymous with full checks for ""."""
+        if not credential_id:
+            return ANONYMOUS
         now = time.monotonic()
         with self._guard:
             hit = self._accounts.get(credential_id)
@@ -79,7 +115,7 @@ class RegistryAuths:
             self._accounts[credential_id] = (now + self.ttl, account)
         return account
 
-    def _load(self, credential_id: str) -> tuple[str, str]:
+    def _load(self, credential_id: str) -> Account:
         with self.sessions() as session:
             row = credential_store.get_credential(session, credential_id)
         if row is None:
@@ -87,8 +123,13 @@ class RegistryAuths:
                 f"credential {credential_id!r} does not exist: create it with "
                 "POST /api/v1/credentials or change the specification's credentialID"
             )
+        verify: bool | str = ca_bundle(row.ca_cert) if row.ca_cert else True
+        if row.skip_verify:
+            verify = False
         try:
-            return row.account_id, secret_box(self.settings).decrypt(row.secret_token)
+            return Account(
+                row.account_id, secret_box(self.settings).decrypt(row.secret_token), verify
+            )
         except SecretKeyError as exc:
             raise CredentialUnavailable(
                 f"credential {credential_id!r} cannot be used by this worker: {exc}"
@@ -124,6 +165,7 @@ class Runtime:
         Raises ``CredentialUnavailable`` (a ``ScanError``) when the credential cannot be used.
         """
         s = self.settings
+        auth = self.auths.for_registry(base_url, credential_id)
         return RegistryClient(
             base_url,
             connect_timeout=s.registry_connect_timeout,
@@ -131,7 +173,8 @@ class Runtime:
             retries=s.registry_retries,
             backoff=s.registry_backoff,
             backoff_max=s.registry_backoff_max,
-            auth=self.auths.for_registry(base_url, credential_id),
+            auth=auth,
+            verify=auth.verify,
         )
 
 

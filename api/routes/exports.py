@@ -43,8 +43,14 @@ CSV_COLUMNS = [
 @router.get("/registry/download")
 def download(_user: User, state: State, flt: Filter) -> StreamingResponse:
     """One CSV row per image and finding (an image without findings gets one row)."""
-    headers = {"Content-Disposition": 'attachment; filename="registry-scan-results.csv"'}
-    return StreamingResponse(_csv_rows(state, flt), media_type="text/csv", headers=headers)
+    headers = {
+        "Content-Disposition": 'attachment; filename="registry-scan-results.csv"',
+        # Exactly "text/csv", as the reference sends: the Prisma Cloud SDK's download
+        # helpers compare the media type whole. Given as media_type, Starlette would add
+        # "; charset=utf-8" (the text is UTF-8 all the same).
+        "Content-Type": "text/csv",
+    }
+    return StreamingResponse(_csv_rows(state, flt), headers=headers)
 
 
 def _csv_rows(state: State, flt: ResultFilter) -> Iterator[str]:

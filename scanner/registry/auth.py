@@ -123,12 +123,16 @@ class RegistryAuth(AuthBase):
         *,
         timeout: tuple[float, float] = (5.0, 30.0),
         retries: int = 2,
+        verify: bool | str = True,
     ) -> None:
         self.registry_origin = origin(registry_url)
         self.username = username
         self._password = password
         self._timeout = timeout
         self._session = requests.Session()
+        # The token server is checked as the registry is (requests' ``verify``).
+        self._session.verify = verify
+        self.verify = verify
         retry = Retry(
             total=retries,
             backoff_factor=0.5,
@@ -149,9 +153,9 @@ class RegistryAuth(AuthBase):
         scheme, host, port = self.registry_origin
         return f"RegistryAuth({scheme}://{host}:{port}, account={self.username!r})"
 
-    def uses(self, username: str, password: str) -> bool:
-        """True when this instance was made for exactly this account."""
-        return (username, password) == (self.username, self._password)
+    def uses(self, username: str, password: str, verify: bool | str = True) -> bool:
+        """True when this instance was made for exactly this account and TLS check."""
+        return (username, password, verify) == (self.username, self._password, self.verify)
 
     def close(self) -> None:
         """Close the token server session."""

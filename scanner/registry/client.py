@@ -67,7 +67,8 @@ class RegistryClient:
     own URL prefix only and leaves the rest of the session alone; otherwise it owns a
     session that retries for every host (blob storage a registry redirects to included).
     Credentials (``auth``) go with each request; requests drops them when a redirect
-    leads to another host, so blob storage never sees them.
+    leads to another host, so blob storage never sees them. ``verify`` is requests'
+    TLS check: True (the system's CAs), a CA bundle's path, or False.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class RegistryClient:
         auth: AuthBase | tuple[str, str] | None = None,
         max_manifest_bytes: int = 4 << 20,
         max_config_bytes: int = 8 << 20,
+        verify: bool | str = True,
     ) -> None:
         address = parse_registry(base_url)
         self.base_url = address.base_url
@@ -92,6 +94,9 @@ class RegistryClient:
         self.max_config_bytes = max_config_bytes
         self._timeout = (connect_timeout, read_timeout)
         self._auth = auth
+        # TLS: True checks the registry's certificate against the system's CAs, a path
+        # against the CA certificates in that file, False not at all.
+        self._verify = verify
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
         adapter = HTTPAdapter(max_retries=retry_policy(retries, backoff, backoff_max))
@@ -262,7 +267,13 @@ class RegistryClient:
         headers = {**(headers or {}), **({"Accept": accept} if accept else {})}
         try:
             response = self._session.request(
-                method, url, headers=headers, auth=self._auth, timeout=self._timeout, stream=True
+                method,
+                url,
+                headers=headers,
+                auth=self._auth,
+                timeout=self._timeout,
+                stream=True,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"{what} unavailable: {failure(exc, self.retries)}") from exc
