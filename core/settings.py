@@ -60,7 +60,18 @@ class Settings(BaseSettings):
     )
 
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
-    api_port: int = Field(default=8080, description="Port the API listens on.")
+    api_port: int = Field(default=8080, description="Port the API serves plain HTTP on.")
+    api_tls_port: int = Field(
+        default=8443,
+        description="Port the API serves HTTPS on, when tls_cert_file and tls_key_file are set.",
+    )
+    tls_cert_file: str = Field(
+        default="",
+        description="PEM certificate (chain) the API serves HTTPS with; read again on SIGHUP.",
+    )
+    tls_key_file: str = Field(
+        default="", description="PEM private key of tls_cert_file; read again on SIGHUP."
+    )
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
 
     lock_ttl_seconds: float = Field(
@@ -149,6 +160,11 @@ class Settings(BaseSettings):
         default=50,
         description="Images re-matched per task when the vulnerability data changed.",
     )
+
+    @property
+    def serves_tls(self) -> bool:
+        """Whether the API has a certificate and key to serve HTTPS with."""
+        return bool(self.tls_cert_file and self.tls_key_file)
 
     @property
     def vulndb_locations(self) -> list[str]:

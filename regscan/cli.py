@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from core.settings import Settings, get_settings
 from core.tasks import QUEUES as QUEUE_NAMES
+
+if TYPE_CHECKING:
+    from regscan.serve import Listener
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", help="address to listen on (default: REGSCAN_API_HOST)")
-    api.add_argument("--port", type=int, help="port to listen on (default: REGSCAN_API_PORT)")
+    api.add_argument("--port", type=int, help="plain HTTP port (default: REGSCAN_API_PORT)")
+    api.add_argument(
+        "--tls-port",
+        type=int,
+        help="HTTPS port, served when REGSCAN_TLS_CERT_FILE and REGSCAN_TLS_KEY_FILE are set "
+        "(default: REGSCAN_API_TLS_PORT)",
+    )
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
@@ -63,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_vulndb_import)
 
     sa = sub.add_parser("standalone", help="everything on one machine: SQLite, own Redis")
-    sa.add_argument("--port", type=int, default=None, help="API port (default: 8080)")
+    sa.add_argument("--port", type=int, default=None, help="API HTTP port (default: 8080)")
+    sa.add_argument("--tls-port", type=int, default=None, help="API HTTPS port (default: 8443)")
     sa.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     sa.set_defaults(func=cmd_standalone)
     return p
@@ -88,19 +99,36 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from api.app import create_app
+    from regscan.serve import serve
 
     _require_schema(settings)
+    listeners = _listeners(args, settings)
     try:
         app = create_app(settings)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
-    host = args.host or settings.api_host
-    port = args.port or settings.api_port
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    serve(app, listeners)
     return 0
+
+
+def _listeners(args: argparse.Namespace, settings: Settings) -> list[Listener]:
+    """Plain HTTP always (for a TLS-terminating proxy, or curl on the machine), and
+    HTTPS beside it when a certificate and key are configured."""
+    from regscan.serve import Listener, check_certificate
+
+    host = args.host or settings.api_host
+    listeners = [Listener(host, args.port or settings.api_port)]
+    if settings.tls_cert_file or settings.tls_key_file:
+        if not settings.serves_tls:
+            raise CliError("set both REGSCAN_TLS_CERT_FILE and REGSCAN_TLS_KEY_FILE, or neither")
+        try:
+            check_certificate(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot serve HTTPS with {settings.tls_cert_file}: {exc}") from None
+        port = args.tls_port or settings.api_tls_port
+        listeners.append(Listener(host, port, settings.tls_cert_file, settings.tls_key_file))
+    return listeners
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -145,7 +173,7 @@ def cmd_standalone(args: argparse.Namespace, settings: Settings) -> int:
     from regscan.standalone import run
 
     try:
-        return run(settings, api_port=args.port, redis_url=args.redis_url)
+        return run(settings, api_port=args.port, tls_port=args.tls_port, redis_url=args.redis_url)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
 

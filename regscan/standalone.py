@@ -4,6 +4,10 @@ Migrates a SQLite file in the working directory, starts a redis-server of its
 own on a free loopback port, then the API, a scheduler and two workers (one for regular
 scans and re-matching, one for on-demand scans, so a sweep never delays an on-demand scan),
 prints where to reach them, and stops everything cleanly on Ctrl-C.
+
+The API answers plain HTTP and HTTPS. Unless a certificate is configured, HTTPS uses a
+self-signed one made on first start beside the key file (``regscan-tls.crt`` and
+``regscan-tls.key``), whose SHA-256 fingerprint is printed.
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ from urllib.request import urlopen
 
 from core.secrets import load_or_create_key_file
 from core.settings import Settings
+from regscan import certificate
 from regscan.db import upgrade
 
 STARTUP_SECONDS = 30.0
 
 
-def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> int:
+def run(
+    settings: Settings, *, api_port: int | None, tls_port: int | None, redis_url: str | None
+) -> int:
     env = dict(os.environ)
     env["REGSCAN_DATABASE_URL"] = settings.database_url
     password = _admin_password(settings, env)
     key_file = _secret_key(settings, env)
+    tls = _tls_files(settings, env)
     upgrade(settings.database_url)
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -41,11 +49,12 @@ def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> i
             redis_proc, redis_url = _start_redis()
             children.append(redis_proc)
         env["REGSCAN_REDIS_URL"] = redis_url
-        port = api_port or settings.api_port
-        base = f"http://{settings.api_host}:{port}"
-        children += _start_services(env, settings.api_host, port)
+        ports = (api_port or settings.api_port, tls_port or settings.api_tls_port)
+        base = f"http://{settings.api_host}:{ports[0]}"
+        children += _start_services(env, settings.api_host, ports)
         _wait_for(f"{base}/api/v1/_ping", children)
         _announce(base, settings, password, redis_url, key_file)
+        _announce_tls(f"https://{settings.api_host}:{ports[1]}", tls)
         return _supervise(children)
     finally:
         _stop(children)
@@ -71,6 +80,17 @@ def _secret_key(settings: Settings, env: dict[str, str]) -> Path | None:
     path = key_file_path(settings.database_url)
     env["REGSCAN_SECRET_KEY"] = load_or_create_key_file(path)
     return path
+
+
+def _tls_files(settings: Settings, env: dict[str, str]) -> certificate.TlsFiles:
+    """A configured certificate wins; otherwise the standalone's own, made once and kept
+    beside the key file so that clients who pinned it keep trusting it."""
+    if settings.serves_tls:
+        return certificate.TlsFiles(Path(settings.tls_cert_file), Path(settings.tls_key_file))
+    files = certificate.load_or_create(key_file_path(settings.database_url).parent)
+    env["REGSCAN_TLS_CERT_FILE"] = str(files.cert_file)
+    env["REGSCAN_TLS_KEY_FILE"] = str(files.key_file)
+    return files
 
 
 def key_file_path(database_url: str) -> Path:
@@ -99,10 +119,13 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def _start_services(env: dict[str, str], host: str, port: int) -> list[subprocess.Popen[bytes]]:
+def _start_services(
+    env: dict[str, str], host: str, ports: tuple[int, int]
+) -> list[subprocess.Popen[bytes]]:
     me = [sys.executable, "-m", "regscan.cli"]
+    api = [*me, "api", "--host", host, "--port", str(ports[0]), "--tls-port", str(ports[1])]
     return [
-        _spawn([*me, "api", "--host", host, "--port", str(port)], env),
+        _spawn(api, env),
         # Re-matching after a data change reads only the database: the sweep's worker has room.
         _spawn([*me, "worker", "--queues", "regular,images,rematch", "--name", "regular@%h"], env),
         # Callbacks wait on other teams' servers, never on a sweep.
@@ -134,6 +157,14 @@ def _announce(
         f"  redis:     {redis_url}\n"
         f"  key:       {key}\n"
         "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+
+
+def _announce_tls(base: str, tls: certificate.TlsFiles) -> None:
+    print(
+        f"  HTTPS:     {base}/api/v1 (curl -k, or trust {tls.cert_file})\n"
+        f"  SHA-256:   {tls.fingerprint}\n",
         flush=True,
     )
 
