@@ -53,8 +53,8 @@ def run(
         base = f"http://{settings.api_host}:{ports[0]}"
         children += _start_services(env, settings.api_host, ports)
         _wait_for(f"{base}/api/v1/_ping", children)
-        _announce(base, settings, password, redis_url, key_file)
-        _announce_tls(f"https://{settings.api_host}:{ports[1]}", tls)
+        https = f"https://{settings.api_host}:{ports[1]}"
+        _announce(base, settings, password, redis_url, key_file, (https, tls))
         return _supervise(children)
     finally:
         _stop(children)
@@ -140,7 +140,12 @@ def _spawn(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _announce(
-    base: str, settings: Settings, password: str | None, redis_url: str, key_file: Path | None
+    base: str,
+    settings: Settings,
+    password: str | None,
+    redis_url: str,
+    key_file: Path | None,
+    tls: tuple[str, certificate.TlsFiles],
 ) -> None:
     shown = password if password is not None else "(from REGSCAN_ADMIN_PASSWORD)"
     key = (
@@ -151,20 +156,14 @@ def _announce(
     print(
         "\nregscan is running\n"
         f"  API:       {base}/api/v1\n"
+        f"  HTTPS:     {tls[0]}/api/v1 (curl -k, or trust {tls[1].cert_file})\n"
+        f"  SHA-256:   {tls[1].fingerprint}\n"
         f"  user:      {settings.admin_user}\n"
         f"  password:  {shown}\n"
         f"  database:  {settings.database_url}\n"
         f"  redis:     {redis_url}\n"
         f"  key:       {key}\n"
         "Press Ctrl-C to stop.\n",
-        flush=True,
-    )
-
-
-def _announce_tls(base: str, tls: certificate.TlsFiles) -> None:
-    print(
-        f"  HTTPS:     {base}/api/v1 (curl -k, or trust {tls.cert_file})\n"
-        f"  SHA-256:   {tls.fingerprint}\n",
         flush=True,
     )
 

@@ -6,9 +6,10 @@
 - databases: ``database_url``, once per backend (SQLite always, PostgreSQL when one
   answers), the schema built by running the migrations.
 - the process stack: ``stack``, ``api`` and ``db``: the real API and real workers as
-  processes, over the real Redis and the database under test. Each backend gets its own
-  database, Redis database number and set of processes; tests keep out of each other's
-  way by using repository names of their own (``name``).
+  processes, over the real Redis and the database under test; the API serves HTTPS
+  too, with ``api_certificate``. Each backend gets its own database, Redis database
+  number and set of processes; tests keep out of each other's way by using repository
+  names of their own (``name``).
 
 The fast lane is ``pytest -m "not e2e and not slow"``. Tests that use the process stack
 are marked ``e2e`` here, and tests that use a fixture built by a compiler or a package
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from core.secrets import generate_key
 from models.db import make_engine, make_sessionmaker
 from regscan.db import upgrade
 from scanner.registry.client import RegistryClient
@@ -41,6 +43,7 @@ from testbed.stack import (
     Stack,
     wait_for,
 )
+from testbed.tls import ServerCertificate, TestCA
 
 # Fixtures that run the API and workers as processes (``keyed`` is test_credentials'
 # stack with a secret key): a test using one, directly or through another, is ``e2e``.
@@ -153,7 +156,18 @@ _redis_db = iter(range(1, 16))
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Iterator[Stack]:
+def api_certificate(tmp_path_factory) -> ServerCertificate:
+    """The API's TLS certificate, signed by a CA of this run (``ca_file`` trusts it)."""
+    return TestCA(tmp_path_factory.mktemp("tls")).issue("regscan-api")
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database_url: str,
+    redis_server: RedisServer,
+    api_certificate: ServerCertificate,
+    tmp_path_factory,
+) -> Iterator[Stack]:
     upgrade(database_url)
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_db)}"
     env = {
@@ -165,9 +179,12 @@ def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Ite
         "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
         "REGSCAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "REGSCAN_CALLBACK_SECRET": CALLBACK_SECRET,
+        # Credentials can be stored (encrypted under this key).
+        "REGSCAN_SECRET_KEY": generate_key(),
     }
     logs = tmp_path_factory.mktemp("logs")
-    s = Stack(env, logs)
+    # The API serves HTTPS too, as the reference console does: the SDK insists on it.
+    s = Stack(env, logs, tls=api_certificate)
     try:
         s.start_api()
         s.start_worker("regular", "regular,images")
