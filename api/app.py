@@ -16,6 +16,7 @@ from api.routes import (
     campaigns,
     credentials,
     exports,
+    harbor,
     registry,
     registry_settings,
     scan_settings,
@@ -71,6 +72,8 @@ def create_app(config: Settings) -> FastAPI:
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)
+    # Harbor's pluggable scanner API, at the path Harbor is given: https://REGSCAN/harbor
+    app.include_router(harbor.router)
     return app
 
 

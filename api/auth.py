@@ -110,16 +110,20 @@ class Authenticator:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             return self._basic(value.strip())
-        if scheme.lower() == "bearer" and value.strip().startswith(API_TOKEN_PREFIX):
-            return self._api_token(value.strip())
         if scheme.lower() == "bearer":
-            return self._bearer(value.strip())
+            return self.principal_of_token(value.strip())
         raise ApiError(
             401,
             "authentication required: use HTTP Basic (curl -u USER) or a bearer token "
             "from POST /api/v1/authenticate",
             _CHALLENGE,
         )
+
+    def principal_of_token(self, token: str) -> Principal:
+        """Who holds a bearer token: an API token (``rst_...``) or a session token."""
+        if token.startswith(API_TOKEN_PREFIX):
+            return self._api_token(token)
+        return self._bearer(token)
 
     def _basic(self, value: str) -> Principal:
         try:

@@ -42,6 +42,12 @@ regscan:fair:active                set of the teams in the ring, so each is ther
 regscan:fair:team:<team>           list of a team's waiting on-demand job ids, oldest
                                    first. All three change only through the Lua scripts
                                    of core/fair.py.
+regscan:pull-auth:<job id>         the HTTP Authorization Harbor gave for pulling the image
+                                   of that on-demand job (``POST /harbor/api/v1/scan``).
+                                   Set by the API before the job is queued, read by the
+                                   worker that scans it, deleted when the job ends; TTL
+                                   ``PULL_AUTHORIZATION_TTL_SECONDS`` if it never ends. It
+                                   is never written to the database or a log.
 =================================  =====================================================
 
 Celery keeps its own keys (the queues of :mod:`core.tasks` and ``unacked*``) in the same
@@ -76,6 +82,13 @@ HOUSEKEEPING_SECONDS = 3600
 
 def callback_resent(job_id: int) -> str:
     return f"regscan:callback:resent:{job_id}"
+
+
+PULL_AUTHORIZATION_TTL_SECONDS = 6 * 3600
+
+
+def pull_authorization(job_id: int) -> str:
+    return f"regscan:pull-auth:{job_id}"
 
 
 def stop_flag(job_id: int) -> str:

@@ -318,6 +318,19 @@ def latest_results(
     return session.execute(stmt).all(), total
 
 
+def images_of_job(session: Session, job_id: int) -> list[tuple[ScanResult, Image]]:
+    """What a job's scans stored: each result with its image (platform images of an
+    index each have one), in platform order; failed images have no image and are left
+    out."""
+    stmt = (
+        select(ScanResult, Image)
+        .join(Image, ScanResult.image_id == Image.id)
+        .where(ScanResult.job_id == job_id)
+        .order_by(ScanResult.platform, ScanResult.id)
+    )
+    return [(r, i) for r, i in session.execute(stmt)]
+
+
 def latest_names(
     session: Session, flt: ResultFilter, *, offset: int, limit: int | None
 ) -> list[str]:

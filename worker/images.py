@@ -68,6 +68,8 @@ def scan_on_demand(rt: Runtime, job_id: int, *, again: bool = False) -> None:
         finish_job(session, job_id, None, JobStatus.FAILED if failed else JobStatus.COMPLETED)
         if failed:
             jobs.append_job_error(session, job_id, _item_errors(session, job_id))
+    # Credentials given for this scan alone (Harbor's) do not outlive it.
+    rt.forget_pull_authorization(job_id)
     rt.admission.job_ended(job_id)
 
 
@@ -81,7 +83,10 @@ def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found
     known = KnownImages(rt, item.registry_host, item.repository)
     # Only the specification's os: a Linux scan leaves out the Windows images of an index.
     platforms = {item.os} if item.os else None
-    with rt.registry_client(item.registry_url, item.credential_id) as client:
+    pull = rt.pull_authorization(item.job_id)
+    with rt.registry_client(
+        item.registry_url, item.credential_id, pull_authorization=pull
+    ) as client:
         images = resolve_image(
             client,
             item.repository,

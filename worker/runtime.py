@@ -5,6 +5,8 @@ their credential carries (``caCert``, ``skipVerify``)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import tempfile
@@ -15,14 +17,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from redis import Redis
+from requests.auth import AuthBase
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import keys
 from core.secrets import SecretKeyError, UndecryptableSecret, secret_box
 from core.settings import Settings, get_settings
 from core.tasks import Publisher
 from models import credentials as credential_store
 from scanner.errors import ScanError
-from scanner.registry.auth import RegistryAuth
+from scanner.registry.auth import FixedAuthorization, RegistryAuth
 from scanner.registry.client import RegistryClient
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
@@ -159,13 +163,23 @@ class Runtime:
         w = wiring
         return cls(w.settings, w.sessions, w.redis, w.publisher, w.admission, w.recovery)
 
-    def registry_client(self, base_url: str, credential_id: str = "") -> RegistryClient:
-        """A client for one registry, authenticated with the credential if one is named.
+    def registry_client(
+        self, base_url: str, credential_id: str = "", *, pull_authorization: str = ""
+    ) -> RegistryClient:
+        """A client for one registry, authenticated with the credential if one is named,
+        or with ``pull_authorization`` (an HTTP Authorization value) when given; the
+        credential's TLS options apply either way.
 
         Raises ``CredentialUnavailable`` (a ``ScanError``) when the credential cannot be used.
         """
         s = self.settings
-        auth = self.auths.for_registry(base_url, credential_id)
+        auth: AuthBase
+        if pull_authorization:
+            verify = self.auths.account(credential_id).verify
+            auth = pull_auth(s, base_url, pull_authorization, verify)
+        else:
+            auth = self.auths.for_registry(base_url, credential_id)
+            verify = auth.verify
         return RegistryClient(
             base_url,
             connect_timeout=s.registry_connect_timeout,
@@ -174,8 +188,35 @@ class Runtime:
             backoff=s.registry_backoff,
             backoff_max=s.registry_backoff_max,
             auth=auth,
-            verify=auth.verify,
+            verify=verify,
         )
+
+    def pull_authorization(self, job_id: int) -> str:
+        """What Harbor gave for pulling the image of this job, or "" (core/keys.py)."""
+        value = self.redis.get(keys.pull_authorization(job_id))
+        return value.decode() if isinstance(value, bytes) else (value or "")
+
+    def forget_pull_authorization(self, job_id: int) -> None:
+        self.redis.delete(keys.pull_authorization(job_id))
+
+
+def pull_auth(
+    settings: Settings, base_url: str, authorization: str, verify: bool | str
+) -> AuthBase:
+    """Auth for one scan from an HTTP Authorization value: Basic credentials go through
+    the registry's own challenge (its token flow, as Harbor's robot accounts do); any
+    other value is sent as it is."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ScanError(
+                "the pull credentials given for this scan are not valid Basic"
+            ) from None
+        timeout = (settings.registry_connect_timeout, settings.registry_read_timeout)
+        return RegistryAuth(base_url, user, password, timeout=timeout, verify=verify)
+    return FixedAuthorization(base_url, authorization)
 
 
 @lru_cache(maxsize=1)

@@ -322,3 +322,21 @@ def _read_json(response: requests.Response, what: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise RegistryProtocolError(f"{what}: the answer is not a JSON object")
     return parsed
+
+
+class FixedAuthorization(AuthBase):
+    """Sends one given ``Authorization`` value (say ``Bearer <token>``, as Harbor may hand
+    a scanner) with every request to the registry's origin, and to nothing else."""
+
+    def __init__(self, registry_url: str, authorization: str) -> None:
+        self.registry_origin = origin(registry_url)
+        self._authorization = authorization
+
+    def __repr__(self) -> str:
+        scheme, host, port = self.registry_origin
+        return f"FixedAuthorization({scheme}://{host}:{port})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if origin(request.url or "") == self.registry_origin:
+            request.headers["Authorization"] = self._authorization
+        return request
