@@ -156,9 +156,15 @@ _redis_db = iter(range(1, 16))
 
 
 @pytest.fixture(scope="session")
-def api_certificate(tmp_path_factory) -> ServerCertificate:
-    """The API's TLS certificate, signed by a CA of this run (``ca_file`` trusts it)."""
-    return TestCA(tmp_path_factory.mktemp("tls")).issue("regscan-api")
+def api_ca(tmp_path_factory) -> TestCA:
+    """The CA of this run that signs the API's certificates."""
+    return TestCA(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def api_certificate(api_ca: TestCA) -> ServerCertificate:
+    """The API's TLS certificate (``ca_file`` trusts it)."""
+    return api_ca.issue("regscan-api")
 
 
 @pytest.fixture(scope="session")
