@@ -38,7 +38,11 @@ CALLERS = ("admin", "operator", "viewer", "anonymous")
 # push notifications (those carry the webhook secret instead).
 PUBLIC = {"/api/v{version}/_ping", "/api/v{version}/authenticate"}
 # Reads that hold secrets' metadata: admins only.
-ADMIN_READS = {"/api/v{version}/tokens", "/api/v{version}/credentials"}
+ADMIN_READS = {
+    "/api/v{version}/tokens",
+    "/api/v{version}/credentials",
+    "/api/v{version}/credentials/{credential_id}/usages",
+}
 
 
 def spec(registry: str, repository: str = "", **extra: Any) -> dict[str, Any]:
@@ -119,6 +123,8 @@ CASES = [
     Case("PUT", "/settings/registry?scanLater=true", "admin", body=_specs),
     Case("GET", "/credentials", "admin"),
     Case("DELETE", "/credentials/none-such", "admin", ok=404),
+    Case("GET", "/credentials/none-such/usages", "admin", ok=404),
+    Case("GET", "/registry/names", "viewer"),
     Case("GET", "/tokens", "admin"),
     Case("POST", "/tokens", "admin", body=lambda _i: {"name": "n", "team": "t", "role": "viewer"}),
     Case("DELETE", "/tokens/{id}", "admin", prepare=_spare_token),

@@ -239,7 +239,7 @@ def registry_status(_user: User, state: State) -> dict[str, Any]:
         )
     job_errors = views.job_error_views(job.error if job else None)
     return {
-        "err": job.error or "" if job else "",
+        "err": (job.error or "") if job else "",
         "discoveryFailed": sum(1 for e in job_errors if e["status"] == "discovery-failed"),
         "completed": job is None or job.status.is_final,
         "status": job.status.value if job else None,
