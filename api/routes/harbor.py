@@ -176,22 +176,24 @@ def get_report(
         if not job.status.is_final:
             return Response(status_code=302, headers={"Refresh-After": str(REFRESH_AFTER_SECONDS)})
         if job.status is not JobStatus.COMPLETED:
-            return err(
-                500, f"scan {scan_id} {job.status.value}: {job.error or 'no reason'}", None, request
-            )
-        stored = results.images_of_job(session, job.id)
-        found = findings.findings_of(session, [image.id for _r, image in stored])
-        target = job.target or {}
-        if wanted == reports.SBOM_REPORT:
-            body = reports.sbom_report(
-                target, [(r, i, found.get(i.id, [])) for r, i in stored], utcnow()
-            )
-        else:
-            every = [f for _r, image in stored for f in found.get(image.id, [])]
-            body = reports.vulnerability_report(target, [i for _r, i in stored], every, utcnow())
-    if wanted == reports.SBOM_REPORT and not stored:
-        raise ApiError(404, f"scan {scan_id} stored no image to describe")
+            why = f"scan {scan_id} {job.status.value}: {job.error or 'no reason given'}"
+            return err(500, why, None, request)
+        body = _report(session, job, wanted)
     return JSONResponse(body, media_type=wanted)
+
+
+def _report(session: Any, job: ScanJob, wanted: str) -> dict[str, Any]:
+    """The report of a completed scan, from the images and findings it stored."""
+    stored = results.images_of_job(session, job.id)
+    found = findings.findings_of(session, [image.id for _r, image in stored])
+    target = job.target or {}
+    if wanted != reports.SBOM_REPORT:
+        every = [f for _r, image in stored for f in found.get(image.id, [])]
+        return reports.vulnerability_report(target, [i for _r, i in stored], every, utcnow())
+    if not stored:
+        raise ApiError(404, f"scan {job.id} stored no image to describe")
+    with_findings = [(r, i, found.get(i.id, [])) for r, i in stored]
+    return reports.sbom_report(target, with_findings, utcnow())
 
 
 def _job(session: Any, scan_id: str) -> ScanJob:
