@@ -5,14 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 
 from api import errors
 from api.auth import Authenticator, ensure_admin
-from api.deps import AppState, RawBody, State
+from api.deps import AppState, RawBody, State, User, Viewer
 from api.errors import ApiError
+from api.guards import RequestGuards
 from api.routes import (
     bulk,
+    callbacks,
     campaigns,
     credentials,
     exports,
@@ -49,18 +51,22 @@ def create_app(config: Settings) -> FastAPI:
     password = config.admin_password.get_secret_value() if config.admin_password else None
     ensure_admin(sessions, config.admin_user, password)
 
-    app = FastAPI(title="regscan", version="0.1.0")
+    # No /docs or /redoc: they load their scripts from a public CDN. The OpenAPI
+    # document itself is served to logged-in users, at /openapi.json.
+    app = FastAPI(title="regscan", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestGuards, max_body_bytes=config.max_body_bytes)
     app.state.regscan = AppState(
         settings=config,
         sessions=sessions,
         redis=wiring.redis,
         admission=wiring.admission,
-        auth=Authenticator(sessions, config.token_ttl_seconds),
+        auth=Authenticator(config, sessions, wiring.redis),
     )
     errors.install(app)
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
     versioned.include_router(bulk.router)
+    versioned.include_router(callbacks.router)
     versioned.include_router(tokens.router)
     versioned.include_router(registry_settings.router)
     versioned.include_router(scan_settings.router)
@@ -70,18 +76,37 @@ def create_app(config: Settings) -> FastAPI:
     versioned.include_router(vulndb.router)
     versioned.include_router(webhooks.router)
     versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
+    versioned.add_api_route("/logout", logout, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)
+    app.add_api_route("/openapi.json", openapi_document, methods=["GET"], include_in_schema=False)
     # Harbor's pluggable scanner API, at the path Harbor is given: https://REGSCAN/harbor
     app.include_router(harbor.router)
     return app
 
 
-def authenticate(state: State, body: RawBody) -> dict[str, Any]:
+def authenticate(request: Request, state: State, body: RawBody) -> dict[str, Any]:
     """``{"username", "password"}`` -> ``{"token"}``, a bearer token for later requests."""
     creds = Credentials.model_validate(parse_json_body(body) or {})
-    return {"token": state.auth.issue_token(creds.username, creds.password)}
+    client = request.client.host if request.client else "unknown"
+    return {"token": state.auth.issue_token(creds.username, creds.password, client)}
+
+
+def logout(request: Request, _user: Viewer, state: State) -> dict[str, Any]:
+    """Revoke the bearer token the request carries (from ``POST /authenticate``)."""
+    if not state.auth.revoke_token(request):
+        raise ApiError(
+            400,
+            "nothing to log out: send the bearer token from POST /api/v1/authenticate "
+            "(API tokens are revoked with DELETE /api/v1/tokens/{id})",
+        )
+    return {"loggedOut": True}
 
 
 def ping() -> str:
     return "OK"
+
+
+def openapi_document(request: Request, _user: User) -> dict[str, Any]:
+    """The OpenAPI document of this API, for logged-in users."""
+    return request.app.openapi()

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Authenticator, Principal
 from api.errors import ApiError
+from core.callbacks import Allowed, RefusedDestination, destination
 from core.reference import parse_registry, validate_repository, validate_tag
 from core.requester import Requester
 from core.settings import Settings
@@ -88,17 +89,29 @@ def requester(principal: Principal, callback_url: str = "") -> Requester:
 
 # -- shared by several routes ------------------------------------------------------------
 
+# Row ids and offsets are 32-bit integers in the database: anything larger matches
+# nothing, and is refused before it reaches a query.
+MAX_ID = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="rows to skip")]
+
 IdempotencyKey = Header(None, alias="Idempotency-Key", description="Same key, same answer")
 
 
 def check_callbacks_enabled(state: AppState, callback_url: str) -> None:
-    """A callback must be signed: refuse one while the server has no key to sign with."""
-    if callback_url and state.settings.callback_secret is None:
+    """A callback must be signed, and go to a public address (or one the operator allowed):
+    refuse it now rather than when the scan ends."""
+    if not callback_url:
+        return
+    if state.settings.callback_secret is None:
         raise ApiError(
             400,
             "callbackUrl cannot be used: this server has no REGSCAN_CALLBACK_SECRET to sign "
             "callbacks with; ask its operator to set one",
         )
+    try:
+        destination(callback_url, Allowed.parse(state.settings.callback_allow))
+    except RefusedDestination as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def result_filter(

@@ -6,6 +6,7 @@ scanner spec gives errors, ``{"error": {"message": "..."}}``, with its media typ
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,8 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError as DBAPIInterfaceError
+from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.guards import BodyTooLarge
 from scheduler.errors import (
     Busy,
     NoSpecifications,
@@ -22,7 +28,11 @@ from scheduler.errors import (
     OutOfScope,
     ScanConflict,
     TeamOverLimit,
+    Unavailable,
 )
+
+log = logging.getLogger(__name__)
+_RETRY = {"Retry-After": "5"}
 
 
 class ApiError(Exception):
@@ -100,6 +110,29 @@ def install(app: FastAPI) -> None:
     async def _over_limit(_request: Request, exc: TeamOverLimit) -> JSONResponse:
         return err(429, str(exc), {"Retry-After": str(exc.retry_after)})
 
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return err(413, str(exc))
+
     @app.exception_handler(Busy)
     async def _busy(_request: Request, exc: Busy) -> JSONResponse:
         return err(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_request: Request, exc: Unavailable) -> JSONResponse:
+        return err(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    # The services behind the API going away is not the caller's fault, and not a bug:
+    # the request did nothing (its transaction rolled back), and asking again will work
+    # once they are back.
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unavailable: %s", exc)
+        return err(503, "the queue (Redis) is not answering; ask again shortly", _RETRY)
+
+    @app.exception_handler(DBAPIOperationalError)
+    @app.exception_handler(DBAPIInterfaceError)
+    async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return err(503, "the database is not answering; ask again shortly", _RETRY)

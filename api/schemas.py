@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from pydantic import (
 )
 
 from api.errors import ApiError
+from api.guards import MAX_JSON_DEPTH, walk_strings
 from core.reference import ImageRef, parse_registry
 
 # Curly quotes, as word processors and web pages print them (written as escapes).
@@ -40,11 +42,21 @@ def parse_json_body(raw: bytes) -> Any:
             'plain double quotes: {"onDemandScan": true, "tag": {...}}',
         )
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise ApiError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ApiError(400, f"request body holds a number too large to read: {exc}") from None
+    if value is None:
+        raise ApiError(400, "request body is JSON null: send an object, or no body at all")
+    why = walk_strings(value)
+    if why is not None:
+        raise ApiError(400, f"request body {why}")
+    return value
 
 
 class Strict(BaseModel):
@@ -108,6 +120,22 @@ class BulkScanRequest(Strict):
 
 SUPPORTED_VERSIONS = {"2": "Docker Registry v2"}
 MAX_COLLECTIONS = 100
+MAX_SPECIFICATIONS = 500
+MAX_PATTERNS = 100  # exclusions per specification
+MAX_CAP = 10_000  # newest tags per repository
+# What a repository or tag glob may hold: the characters of the names it matches
+# (letters, digits, ``._-`` and ``/`` between path components) and the glob's own.
+_REPOSITORY_GLOB = re.compile(r"[a-z0-9._/*?\[\]!-]*")
+_TAG_GLOB = re.compile(r"[A-Za-z0-9._*?\[\]!-]*")
+
+
+def _glob(kind: str, pattern: str, allowed: re.Pattern[str]) -> str:
+    if len(pattern) > 255 or not allowed.fullmatch(pattern):
+        raise ValueError(
+            f"{kind} pattern {pattern!r} may only hold the characters of {kind} names and "
+            "the glob characters * ? [ ] ! (at most 255)"
+        )
+    return pattern
 
 
 class Specification(Strict):
@@ -117,11 +145,11 @@ class Specification(Strict):
     registry: StrictStr
     repository: StrictStr = ""
     tag: StrictStr = ""
-    excludedRepositories: list[StrictStr] = Field(default_factory=list)
-    excludedTags: list[StrictStr] = Field(default_factory=list)
+    excludedRepositories: list[StrictStr] = Field(default_factory=list, max_length=MAX_PATTERNS)
+    excludedTags: list[StrictStr] = Field(default_factory=list, max_length=MAX_PATTERNS)
     credentialID: StrictStr = ""
     os: StrictStr = "linux"
-    cap: StrictInt = Field(default=5, ge=0)
+    cap: StrictInt = Field(default=5, ge=0, le=MAX_CAP)
     scanners: StrictInt = Field(default=2, ge=1, le=64)
     # Prisma fields regscan applies (see scheduler/scope.py).
     namespace: StrictStr = Field(default="", max_length=255)
@@ -149,6 +177,36 @@ class Specification(Strict):
         parse_registry(v)
         return v
 
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, v: str) -> str:
+        return _glob("repository", v, _REPOSITORY_GLOB)
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        return _glob("tag", v, _TAG_GLOB)
+
+    @field_validator("excludedRepositories")
+    @classmethod
+    def _excluded_repositories(cls, v: list[str]) -> list[str]:
+        return [_glob("repository", p, _REPOSITORY_GLOB) for p in v]
+
+    @field_validator("excludedTags")
+    @classmethod
+    def _excluded_tags(cls, v: list[str]) -> list[str]:
+        return [_glob("tag", p, _TAG_GLOB) for p in v]
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return _glob("namespace", v, _REPOSITORY_GLOB)
+
+    @field_validator("versionPattern")
+    @classmethod
+    def _version_pattern(cls, v: str) -> str:
+        return _glob("versionPattern", v, _TAG_GLOB)
+
     @field_validator("os")
     @classmethod
     def _os(cls, v: str) -> str:
@@ -161,7 +219,7 @@ class RegistrySettings(Strict):
     """``{"specifications": [...]}``, with the read-only fields ``GET`` adds, so that a
     document read can be written back: they are accepted and ignored."""
 
-    specifications: list[Specification]
+    specifications: list[Specification] = Field(max_length=MAX_SPECIFICATIONS)
     id: Any = Field(default=None, alias="_id")
     webhookUrlSuffix: Any = None
     harborScannerUrlSuffix: Any = None

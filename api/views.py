@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.orm import Session
 
@@ -142,12 +143,20 @@ def _image_fields(image: Image) -> dict[str, Any]:
     }
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` taken out."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def callback_views(session: Session, job_id: int) -> list[dict[str, Any]]:
     """Every delivery attempt of a job's callback, oldest first."""
     return [
         {
             "attempt": d.attempt,
-            "url": d.url,
+            "url": without_userinfo(d.url),
             "statusCode": d.status_code,
             "error": d.error,
             "attemptedAt": ts(d.attempted_at),

@@ -17,9 +17,11 @@ regscan:stop:<job id>              "1" while a stop of that regular scan is aske
                                    TTL one day. Checked before each enqueue and at each
                                    image checkpoint.
 regscan:lock:layer:<digest>        redis-py Lock held while one worker downloads and
-                                   analyses that layer; TTL ``layer_lock_seconds``.
-                                   Contention: others poll for it (checking for stop)
-                                   and then read the analysis from the layer cache.
+                                   analyses that layer; TTL ``layer_lock_seconds``,
+                                   renewed by the holder every third of it, so a dead
+                                   holder's lock frees within the TTL. Contention:
+                                   others poll for it (checking for stop) and then read
+                                   the analysis from the layer cache.
 regscan:vulndb:refresh             the node name of the worker refreshing the configured
                                    vulnerability data sources this period; SET NX with a
                                    TTL of ``vulndb_refresh_seconds``, so one refresh fires
@@ -32,6 +34,11 @@ regscan:callback:resent:<job id>   "1" for an hour after a worker's periodic pas
                                    again the callback of an ended job with no delivery
                                    attempt; SET NX EX, so it is published again once, not
                                    once per worker.
+regscan:login:client:<address>     count of failed logins from one client address in the
+                                   current window; INCR, EXPIRE login_window_seconds.
+                                   Past login_failures, logins from it are refused (429).
+regscan:login:user:<sha256>        the same, per user name (its SHA-256: names are
+                                   whatever a client sends).
 regscan:housekeeping               the node name of the worker that pruned expired
                                    idempotency keys, old push events and data changes every
                                    image is past this hour; SET NX EX 3600, so one worker
@@ -78,6 +85,14 @@ def fair_team(team: str) -> str:
 CALLBACK_RESENT_SECONDS = 3600
 HOUSEKEEPING = "regscan:housekeeping"
 HOUSEKEEPING_SECONDS = 3600
+
+
+def login_failures_of_client(address: str) -> str:
+    return f"regscan:login:client:{address}"
+
+
+def login_failures_of_user(username_sha256: str) -> str:
+    return f"regscan:login:user:{username_sha256}"
 
 
 def callback_resent(job_id: int) -> str:

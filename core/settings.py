@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         "derived from the first key of REGSCAN_SECRET_KEY, so every API process agrees.",
     )
 
+    webhook_team: str = Field(
+        default="webhook",
+        min_length=1,
+        max_length=128,
+        description="The team on-demand scans started by push events count against (its "
+        "limit and its fair share), as API tokens' teams do.",
+    )
+
     callback_secret: SecretStr | None = Field(
         default=None,
         description="Key of the HMAC-SHA256 signature on completion callbacks. Scan "
@@ -49,7 +57,16 @@ class Settings(BaseSettings):
         "worker need the same value.",
     )
     callback_timeout: float = Field(
-        default=10.0, description="Seconds to wait for a callback receiver to answer."
+        default=10.0,
+        gt=0,
+        description="Seconds one callback attempt may take in all: connecting, sending and "
+        "the receiver's answer.",
+    )
+    callback_allow: str = Field(
+        default="",
+        description="Receivers of callbacks allowed although their address is not public: "
+        "comma-separated host names and networks in CIDR form (10.0.0.0/8). Anything else "
+        "must resolve to public addresses only.",
     )
     callback_resend_seconds: float = Field(
         default=120.0,
@@ -59,6 +76,12 @@ class Settings(BaseSettings):
         "ended it died before publishing it). Jobs that ended over a day ago are left.",
     )
 
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="Largest request body the API takes; a bigger one is answered 413 "
+        "before it is read.",
+    )
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API serves plain HTTP on.")
     api_tls_port: int = Field(
@@ -73,6 +96,22 @@ class Settings(BaseSettings):
         default="", description="PEM private key of tls_cert_file; read again on SIGHUP."
     )
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
+    login_failures: int = Field(
+        default=10,
+        gt=0,
+        description="Failed logins one client address may make per login_window_seconds "
+        "(one user name: five times that); past that, logins are answered 429 with "
+        "Retry-After.",
+    )
+    login_window_seconds: int = Field(
+        default=60, gt=0, description="The window failed logins are counted over."
+    )
+    login_concurrency: int = Field(
+        default=1,
+        gt=0,
+        description="Password checks (argon2, 64 MiB each) one API process runs at once; "
+        "others wait for a turn, up to a few seconds.",
+    )
 
     lock_ttl_seconds: float = Field(
         default=30.0, description="TTL of the regular-scan lock; a dead holder frees it by then."
@@ -105,9 +144,11 @@ class Settings(BaseSettings):
         "is handed out again (the worker is taken to be gone).",
     )
     layer_lock_seconds: float = Field(
-        default=900.0,
-        description="Longest one worker may hold a layer for analysis before others "
-        "stop waiting for it and analyse it themselves.",
+        default=10.0,
+        gt=0,
+        description="TTL of the lock a worker holds while it downloads and analyses a "
+        "layer; the holder renews it every third of that, so a live holder keeps it for "
+        "as long as the layer takes, and a dead one frees it within this.",
     )
     max_layer_expanded_bytes: int = Field(
         default=8 << 30, description="Cap on the uncompressed bytes of one layer."

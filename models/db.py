@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -20,6 +22,7 @@ def make_engine(
     locks on a job after its lease has lapsed and another worker took the job over.
     """
     if url.startswith("sqlite"):
+        _private_file(url)
         # Several processes (API, workers) share one file: WAL lets readers run
         # beside the writer, and busy_timeout makes writers queue instead of failing.
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -41,6 +44,15 @@ def make_engine(
             f"-c idle_in_transaction_session_timeout={timeout_ms}"
         )
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _private_file(url: str) -> None:
+    """Create a SQLite database file readable by its owner only, before SQLite creates
+    it with the process's umask."""
+    path = make_url(url).database
+    if path and path != ":memory:":
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -132,14 +132,14 @@ def add_target(session: Session, job: ScanJob, spec: FoundThrough, ref: ImageRef
     session.flush()
 
 
-def set_total(session: Session, job_id: int) -> None:
-    """Discovery is over: the job's total is the number of its images."""
+def set_total(session: Session, job_id: int, *, discovered: bool = True) -> None:
+    """The job's total is the number of its images; with ``discovered``, discovery is over
+    (a stop can also end it before it found everything)."""
     total = session.scalar(select(func.count()).where(ImageScan.job_id == job_id)) or 0
-    session.execute(
-        update(ScanJob)
-        .where(ScanJob.id == job_id)
-        .values(images_total=total, discovered_at=utcnow())
-    )
+    values: dict[str, Any] = {"images_total": total}
+    if discovered:
+        values["discovered_at"] = utcnow()
+    session.execute(update(ScanJob).where(ScanJob.id == job_id).values(**values))
 
 
 # -- hand-out -----------------------------------------------------------------------------

@@ -11,7 +11,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, func, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from core.requester import Requester
@@ -204,6 +216,16 @@ def start_job(
     return session.get(ScanJob, job_id, populate_existing=True)
 
 
+def withdraw_jobs(session: Session, job_ids: Iterable[int]) -> None:
+    """Delete jobs that were committed but could not be published: nobody was told they
+    exist, and no worker can have started them."""
+    ids = list(job_ids)
+    if ids:
+        session.execute(
+            delete(ScanJob).where(ScanJob.id.in_(ids), ScanJob.status == JobStatus.QUEUED)
+        )
+
+
 def append_job_error(session: Session, job_id: int, message: str) -> None:
     job = session.get(ScanJob, job_id)
     if job is not None:
@@ -216,6 +238,11 @@ def stale_jobs(session: Session, statuses: Iterable[JobStatus], older_than: date
         func.coalesce(ScanJob.heartbeat_at, ScanJob.published_at, ScanJob.created_at) < older_than,
     )
     return list(session.scalars(stmt))
+
+
+def highest_fencing_token(session: Session) -> int:
+    """The highest fencing token any job was claimed under (0 for none)."""
+    return session.scalar(select(func.max(ScanJob.fencing_token))) or 0
 
 
 def waiting_on_demand(

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, String, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from models.base import Base, utcnow
+from models.base import Base, rowcount, utcnow
 
 
 class User(Base):
@@ -48,9 +48,20 @@ def put_user(session: Session, username: str, password_hash: str, role: str = "a
     return user
 
 
-def add_token(session: Session, user: User, token_hash: str, expires_at: datetime) -> None:
+def add_token(session: Session, user_id: int, token_hash: str, expires_at: datetime) -> None:
     session.execute(delete(AuthToken).where(AuthToken.expires_at < utcnow()))
-    session.add(AuthToken(token_hash=token_hash, user_id=user.id, expires_at=expires_at))
+    session.add(AuthToken(token_hash=token_hash, user_id=user_id, expires_at=expires_at))
+
+
+def delete_token(session: Session, token_hash: str) -> bool:
+    """Log one bearer token out; False when there was no such token."""
+    stmt = delete(AuthToken).where(AuthToken.token_hash == token_hash)
+    return rowcount(session.execute(stmt)) > 0
+
+
+def delete_tokens_of(session: Session, user_id: int) -> int:
+    """Log every bearer token of a user out (its password changed); how many."""
+    return rowcount(session.execute(delete(AuthToken).where(AuthToken.user_id == user_id)))
 
 
 def user_for_token(session: Session, token_hash: str) -> User | None:

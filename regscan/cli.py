@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # What regscan writes (a SQLite database and its journal, the key file, the
+    # standalone's Redis files) is for the service's user alone.
+    os.umask(0o077)
     try:
         return args.func(args, get_settings())
     except CliError as exc:

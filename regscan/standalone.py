@@ -1,9 +1,11 @@
 """``regscan standalone``: the whole service on one machine, on embedded defaults.
 
-Migrates a SQLite file in the working directory, starts a redis-server of its
-own on a free loopback port, then the API, a scheduler and two workers (one for regular
-scans and re-matching, one for on-demand scans, so a sweep never delays an on-demand scan),
-prints where to reach them, and stops everything cleanly on Ctrl-C.
+Migrates a SQLite file in the working directory, starts a redis-server of its own on
+a free loopback port (append-only, its files in ``.regscan/redis``), then the API, a
+scheduler and two workers (one for regular scans and re-matching, one for on-demand
+scans, so a sweep never delays an on-demand scan), prints where to reach them, and
+stops everything cleanly on Ctrl-C, SIGTERM or SIGHUP. Its children also stop by
+themselves if it dies without stopping them.
 
 The API answers plain HTTP and HTTPS. Unless a certificate is configured, HTTPS uses a
 self-signed one made on first start beside the key file (``regscan-tls.crt`` and
@@ -12,6 +14,7 @@ self-signed one made on first start beside the key file (``regscan-tls.crt`` and
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -19,9 +22,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
@@ -32,11 +35,23 @@ from regscan import certificate
 from regscan.db import upgrade
 
 STARTUP_SECONDS = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+# Asked to stop: Ctrl-C, SIGTERM, or SIGHUP (the terminal running us was closed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_stop_asked = threading.Event()
+
+
+class _Stopping(Exception):
+    """A stop was asked for while the services were starting."""
 
 
 def run(
     settings: Settings, *, api_port: int | None, tls_port: int | None, redis_url: str | None
 ) -> int:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_stop_signal)
     env = dict(os.environ)
     env["REGSCAN_DATABASE_URL"] = settings.database_url
     password = _admin_password(settings, env)
@@ -46,7 +61,7 @@ def run(
     children: list[subprocess.Popen[bytes]] = []
     try:
         if redis_url is None:
-            redis_proc, redis_url = _start_redis()
+            redis_proc, redis_url = _start_redis(_state_dir(settings.database_url))
             children.append(redis_proc)
         env["REGSCAN_REDIS_URL"] = redis_url
         ports = (api_port or settings.api_port, tls_port or settings.api_tls_port)
@@ -56,8 +71,16 @@ def run(
         https = f"https://{settings.api_host}:{ports[1]}"
         _announce(base, settings, password, redis_url, key_file, (https, tls))
         return _supervise(children)
+    except _Stopping:
+        return 0
     finally:
+        if _stop_asked.is_set():
+            print("stopping regscan ...", flush=True)
         _stop(children)
+
+
+def _on_stop_signal(_signum: int, _frame: object) -> None:
+    _stop_asked.set()
 
 
 def _admin_password(settings: Settings, env: dict[str, str]) -> str | None:
@@ -102,7 +125,13 @@ def key_file_path(database_url: str) -> Path:
     return Path.cwd() / "regscan.key"
 
 
-def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
+def _state_dir(database_url: str) -> Path:
+    """``.regscan/`` beside the SQLite database (else in the working directory): where
+    the standalone's Redis keeps its append-only file, so queued work survives a restart."""
+    return key_file_path(database_url).parent / ".regscan"
+
+
+def _start_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
@@ -110,10 +139,11 @@ def _start_redis() -> tuple[subprocess.Popen[bytes], str]:
             "or pass --redis-url"
         )
     port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="regscan-redis-")
+    workdir = state / "redis"
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", workdir, "--logfile", f"{workdir}/redis.log"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    argv += ["--appendonly", "yes", "--dir", str(workdir), "--logfile", f"{workdir}/redis.log"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, preexec_fn=_dies_with(os.getpid()))
     url = f"redis://127.0.0.1:{port}/0"
     _wait_for_port(port, [proc])
     return proc, url
@@ -136,7 +166,22 @@ def _start_services(
 
 def _spawn(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # A process group of their own: Ctrl-C reaches only us, and we stop them in order.
-    return subprocess.Popen(argv, env=env, start_new_session=True)
+    return subprocess.Popen(
+        argv, env=env, start_new_session=True, preexec_fn=_dies_with(os.getpid())
+    )
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """Run in the child before it starts: the kernel sends it SIGTERM when we die, however
+    we die (SIGKILL included), so no child outlives the standalone and holds its ports."""
+
+    def arrange() -> None:
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # we died before the line above took effect
+            os._exit(1)
+
+    return arrange
 
 
 def _announce(
@@ -169,20 +214,11 @@ def _announce(
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    stop = {"asked": False}
-
-    def _on_signal(_signum: int, _frame: object) -> None:
-        stop["asked"] = True
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    while not stop["asked"]:
+    while not _stop_asked.wait(0.5):
         for child in children:
             if child.poll() is not None:
                 print(f"regscan: {_command(child)} exited ({child.returncode}); stopping")
                 return 1
-        time.sleep(0.5)
-    print("stopping regscan ...", flush=True)
     return 0
 
 
@@ -208,6 +244,8 @@ def _wait_for_port(port: int, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         _fail_if_exited(procs)
+        if _stop_asked.is_set():
+            raise _Stopping
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -219,6 +257,8 @@ def _wait_for(url: str, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         _fail_if_exited(procs)
+        if _stop_asked.is_set():
+            raise _Stopping
         try:
             with urlopen(url, timeout=1):
                 return

@@ -22,6 +22,11 @@ class RegistryUnavailable(ScanError):
     permanent = False
 
 
+class BodyInterrupted(RegistryUnavailable):
+    """An answer broke off after its headers: the body was cut short, or stalled past the
+    read timeout. The request is made again from the start, like any transient fault."""
+
+
 class RegistryAuthError(ScanError):
     """The registry refused our credentials or denied access (401/403)."""
 

@@ -15,8 +15,10 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from kombu.exceptions import OperationalError as KombuOperationalError
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import fair, keys
@@ -35,10 +37,15 @@ from scheduler.errors import (
     OutOfScope,
     ScanConflict,
     TeamOverLimit,
+    Unavailable,
 )
 from scheduler.scope import Spec, describe_miss, load_specs, spec_for, split_by_scope
 
 log = logging.getLogger(__name__)
+
+# What publishing raises when Redis is away: redis-py's own errors, and kombu's
+# OperationalError around them once Celery gave up retrying.
+PUBLISH_ERRORS = (RedisError, KombuOperationalError)
 
 # What a team over its on-demand limit is told to wait before asking again.
 ON_DEMAND_RETRY_AFTER_SECONDS = 5
@@ -142,7 +149,8 @@ class Admission:
                 job.selection = selection
                 _add_targets(session, job, targets)
             if not active:
-                self._publish_regular(job.id)
+                with self._or_withdraw([job.id]):
+                    self._publish_regular(job.id)
         return job
 
     def _publish_regular(self, job_id: int) -> None:
@@ -183,18 +191,21 @@ class Admission:
                 image_scans.add_target(session, job, spec, ref)
                 answers.append(job)
         queued = [job for job in answers if isinstance(job, ScanJob)]
-        if pull_authorization:
-            # Before the job can be taken: its worker must find the credentials there.
-            for job in queued:
-                self.redis.set(
-                    keys.pull_authorization(job.id),
-                    pull_authorization,
-                    ex=keys.PULL_AUTHORIZATION_TTL_SECONDS,
-                )
-        fair.push(self.redis, requester.team, [job.id for job in queued])
-        for job in queued:
+        ids = [job.id for job in queued]
+        with self._or_withdraw(ids):
+            if pull_authorization:
+                # Before the jobs can be taken: their worker must find the credentials.
+                for job_id in ids:
+                    self.redis.set(
+                        keys.pull_authorization(job_id),
+                        pull_authorization,
+                        ex=keys.PULL_AUTHORIZATION_TTL_SECONDS,
+                    )
+            fair.push(self.redis, requester.team, ids)
             # One slot per job; which job a slot runs is decided fairly when it runs.
-            self.publisher.on_demand_slot()
+            for _ in ids:
+                self.publisher.on_demand_slot()
+        for job in queued:
             log.info("job=%s kind=on-demand team=%s published", job.id, requester.team)
         return answers
 
@@ -257,6 +268,26 @@ class Admission:
             return
         self.publisher.callback(job_id)
         log.info("job=%s callback published", job_id)
+
+    @contextlib.contextmanager
+    def _or_withdraw(self, job_ids: list[int]) -> Iterator[None]:
+        """Publish the committed jobs in the block; when Redis refuses, withdraw them and
+        raise :class:`Unavailable`, so the caller is never told of a job that cannot run
+        and a retry does not make a second one. Should the withdrawal fail too (the
+        database went away as well), the jobs stay queued and recovery runs them."""
+        try:
+            yield
+        except PUBLISH_ERRORS as exc:
+            log.warning("jobs %s not published (%s); withdrawing them", job_ids, exc)
+            try:
+                with transaction(self.sessions) as session:
+                    jobs.withdraw_jobs(session, job_ids)
+            except SQLAlchemyError:
+                log.exception("jobs %s could not be withdrawn; recovery will run them", job_ids)
+            raise Unavailable(
+                "the queue (Redis) did not take the scan, so nothing was queued; "
+                "ask again in a few seconds"
+            ) from None
 
     @contextlib.contextmanager
     def _admission(self) -> Iterator[None]:

@@ -42,3 +42,12 @@ class TeamOverLimit(SchedulerError):
 
 class Busy(SchedulerError):
     """A short admission lock could not be taken in time; the caller may retry."""
+
+
+class Unavailable(SchedulerError):
+    """Redis could not take the job's task: the job was withdrawn, nothing runs, and the
+    caller may ask again in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -35,8 +35,7 @@ class PushOutcome:
     job_id: int | None = None
 
 
-# Who a push event's scan is asked by.
-REQUESTER = Requester("webhook", source="webhook")
+WEBHOOK = "webhook"  # who a push event's scan is asked by, and from where
 
 
 def accept_push(admission: Admission, push: Push) -> PushOutcome:
@@ -49,7 +48,9 @@ def accept_push(admission: Admission, push: Push) -> PushOutcome:
         if not webhooks.claim_event(session, push.event_id, push.source):
             return PushOutcome(DUPLICATE)
     try:
-        job = admission.request_on_demand(push.ref, REQUESTER)
+        # The team of push events: held to its limit and its fair share like any other.
+        requester = Requester(WEBHOOK, admission.settings.webhook_team, source=WEBHOOK)
+        job = admission.request_on_demand(push.ref, requester)
     except OutOfScope as exc:
         _settle(admission, push.event_id, OUT_OF_SCOPE, None)
         log.info("event=%s out of scope: %s", push.event_id, exc)

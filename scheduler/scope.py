@@ -72,11 +72,17 @@ class Spec:
             and not _any_match(self.excluded_tags, tag)
         )
 
+    @property
+    def limits_tags(self) -> bool:
+        """True when only some tags are in scope (a tag pattern, or exclusions)."""
+        return self.tag not in ("", "*") or any(self.excluded_tags)
+
     def covers(self, host: str, repository: str, tag: str) -> bool:
-        """A tag of "" (a digest-only reference) passes the tag filter."""
+        """A tag of "" (a digest-only reference) is covered only where every tag is: the
+        tag filter cannot be applied to a digest alone."""
         if host != self.address.host or not self.covers_repository(repository):
             return False
-        return not tag or self.covers_tag(tag)
+        return self.covers_tag(tag) if tag else not self.limits_tags
 
 
 def _matches(pattern: str, value: str) -> bool:
@@ -111,6 +117,12 @@ def describe_miss(specs: list[Spec], host: str, repository: str, tag: str) -> st
         return (
             f"{name} is outside the registry scope: registry {host} is not configured "
             f"(configured: {known})."
+        )
+    if not tag and any(s.covers_repository(repository) for s in same_registry):
+        return (
+            f"{name} is outside the registry scope: the specifications covering this "
+            "repository scan only some of its tags, which a digest alone cannot be "
+            "checked against; name the tag along with the digest."
         )
     return (
         f"{name} is outside the registry scope: no specification for registry {host} "

@@ -36,6 +36,8 @@ class _Rule:
     path_prefix: str | None
     status: int = 0
     retry_after: int | None = None
+    after: int = 0  # cut_next: body bytes relayed before the cut
+    stall: float = 0.0  # cut_next: seconds to hold the connection open, silent, then close
 
 
 def _matches(prefix: str | None, path: str) -> bool:
@@ -149,7 +151,8 @@ class FaultProxy:
     ``target`` is the path and query exactly as the client sent it.  Faults can be
     changed at any time from any thread; for each request the proxy first sleeps for a
     matching :meth:`delay`, then applies a matching :meth:`drop_next`, then a matching
-    :meth:`fail_next`, and relays the request otherwise.
+    :meth:`fail_next`, and relays the request otherwise (cutting its answer's body
+    short after the headers when a :meth:`cut_next` matches).
     """
 
     def __init__(self, upstream_host: str, upstream_port: int, *, timeout: float = 60.0) -> None:
@@ -162,6 +165,7 @@ class FaultProxy:
         self._delays: dict[str | None, float] = {}
         self._fails: list[_Rule] = []
         self._drops: list[_Rule] = []
+        self._cuts: list[_Rule] = []
         self._clients: set[socket.socket] = set()
         self._connections = 0
         self._forwarded = 0
@@ -261,12 +265,22 @@ class FaultProxy:
         with self._lock:
             self._drops.append(_Rule(n, path_prefix))
 
+    def cut_next(
+        self, n: int, path_prefix: str | None = None, *, after: int = 0, stall: float = 0.0
+    ) -> None:
+        """Relay the next ``n`` matching answers' status and headers and the first
+        ``after`` bytes of their body, then stop: stay silent for ``stall`` seconds (a
+        server that hangs mid-body), then close the connection (a body cut short)."""
+        with self._lock:
+            self._cuts.append(_Rule(n, path_prefix, after=after, stall=stall))
+
     def reset(self) -> None:
         """Remove every fault; the proxy relays everything again."""
         with self._lock:
             self._delays.clear()
             self._fails.clear()
             self._drops.clear()
+            self._cuts.clear()
 
     def _delay_for(self, path: str) -> float:
         with self._lock:
@@ -388,7 +402,10 @@ class FaultProxy:
             self._skip_body(reader, framing, length)
             self._send_error(client, rule.status, rule.retry_after, keep_alive)
             return keep_alive
-        return self._forward(client, reader, method, target, headers, framing, length, keep_alive)
+        cut = self._take(self._cuts, target)
+        return self._forward(
+            client, reader, method, target, headers, framing, length, keep_alive, cut
+        )
 
     @staticmethod
     def _skip_body(reader: BinaryIO, framing: str, length: int) -> None:
@@ -440,6 +457,7 @@ class FaultProxy:
         framing: str,
         length: int,
         keep_alive: bool,
+        cut: _Rule | None = None,
     ) -> bool:
         try:
             upstream = socket.create_connection(
@@ -496,6 +514,9 @@ class FaultProxy:
             persist = keep_alive and body != "until-close"
             relayed.append(("Connection", "keep-alive" if persist else "close"))
             client.sendall(_render_head(status_line, relayed))
+            if cut is not None and body != "none":
+                self._relay_cut(upstream_reader, client, cut)
+                return False
             if body == "chunked":
                 _copy_chunked(upstream_reader, client.sendall)
             elif body == "length":
@@ -505,6 +526,15 @@ class FaultProxy:
                 while data := upstream_reader.read1(_CHUNK):
                     client.sendall(data)
             return persist
+
+    def _relay_cut(self, upstream: BinaryIO, client: socket.socket, cut: _Rule) -> None:
+        """The first ``cut.after`` bytes of the body as they come, then the fault."""
+        left = cut.after
+        while left > 0 and (data := upstream.read1(min(left, _CHUNK))):
+            client.sendall(data)
+            left -= len(data)
+        if cut.stall:
+            self._closed.wait(cut.stall)
 
 
 class ListeningSocket:

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -229,12 +230,15 @@ class RedisServer(_Process):
 
     >>> with RedisServer() as redis_server:
     ...     client = redis.Redis.from_url(redis_server.url)
+
+    ``port`` fixes the port, so that a test can stop it and start a new, empty one at
+    the same address: what a restart without persistence does to its clients.
     """
 
     name = "redis"
 
-    def __init__(self, binary: str = "redis-server") -> None:
-        super().__init__()
+    def __init__(self, binary: str = "redis-server", port: int | None = None) -> None:
+        super().__init__(port)
         self.binary = binary
 
     @property
@@ -376,3 +380,96 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{host}:{port} did not accept connections in {timeout}s")
         time.sleep(0.05)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on 127.0.0.1 that a test may stop and start again,
+    keeping its data: what a database restart or an outage does to its clients.
+
+    The cluster is made with ``initdb`` from Debian's ``postgresql`` package in a
+    temporary directory (owned by the ``postgres`` user when running as root, since the
+    server refuses to run as root), with trust authentication and a database ``test``.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="regscan-postgres-"))
+        self.data = self.tmpdir / "data"
+        self.log_path = self.tmpdir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not binaries:
+            raise ServerStartError("no PostgreSQL binaries under /usr/lib/postgresql")
+        self.bin = binaries[-1]
+        if os.geteuid() == 0:
+            shutil.chown(self.tmpdir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+
+    def start(self) -> Self:
+        """Start the server on its port and wait until it accepts connections."""
+        options = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        command = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port)]
+        command += ["-k", str(self.tmpdir), "-c", "listen_addresses=127.0.0.1", *options]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd="/tmp", **self._owner()
+            )
+        deadline = time.monotonic() + 30
+        while not self._accepts():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise ServerStartError(f"postgres did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+        self._ensure_database()
+        return self
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are ended and the server exits; the data stays."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def remove(self) -> None:
+        """Stop the server and delete the cluster."""
+        self.stop()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        admin = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        for _ in range(50):  # accepting TCP before it accepts sessions
+            try:
+                with psycopg.connect(admin, autocommit=True, connect_timeout=2) as conn:
+                    found = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'test'")
+                    if found.fetchone() is None:
+                        conn.execute("CREATE DATABASE test")
+                    return
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        raise ServerStartError(f"postgres took no session:\n{self.log_path.read_text()}")
+
+    @staticmethod
+    def _owner() -> dict[str, Any]:
+        """Run as the postgres user when we are root (the server refuses root), so that
+        the process we signal is the server itself."""
+        return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        subprocess.run(command, check=True, capture_output=True, cwd="/tmp", **self._owner())

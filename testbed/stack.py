@@ -40,6 +40,14 @@ FAST_TIMINGS = {
     "REGSCAN_MAX_LAYER_EXPANDED_BYTES": str(64 << 20),
     # Small enough for a test to cross it with two bulk requests.
     "REGSCAN_TEAM_ONDEMAND_LIMIT": "120",
+    # Every test's client comes from 127.0.0.1: failed logins of one test must not be
+    # refused in the next (tests of the limit run an API of their own).
+    "REGSCAN_LOGIN_FAILURES": "10000",
+    # The tests' callback receivers listen on loopback, reached by this name; loopback
+    # addresses themselves stay refused, as everywhere.
+    "REGSCAN_CALLBACK_ALLOW": "localhost",
+    # On-demand jobs whose queue entry was lost are queued again after this long.
+    "REGSCAN_ONDEMAND_REQUEUE_SECONDS": "2",
     # Schedules of a few seconds, and schedulers that look often.
     "REGSCAN_SCHEDULE_MIN_PERIOD_MS": "2000",
     "REGSCAN_SCHEDULE_POLL_SECONDS": "0.2",
@@ -161,10 +169,16 @@ class Stack:
         wait_for(self._api_up, 30, "the API to answer")
 
     def _api_up(self) -> bool:
-        try:
-            return self.api.get("/api/v1/_ping", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
+        return _answers(self.api)
+
+    def start_another_api(self, name: str, env: dict[str, str] | None = None) -> Api:
+        """A second API process on the same database and Redis, on a port of its own,
+        with ``env`` added to (or overriding) the stack's environment; its admin client."""
+        port = free_port()
+        self._spawn(name, "api", "--port", str(port), env=env)
+        client = Api(f"http://127.0.0.1:{port}")
+        wait_for(lambda: _answers(client), 30, f"API {name} to answer")
+        return client
 
     def start_worker(
         self, name: str, queues: str, concurrency: int = 4, env: dict[str, str] | None = None
@@ -225,3 +239,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _answers(api: Api) -> bool:
+    try:
+        return api.get("/api/v1/_ping", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

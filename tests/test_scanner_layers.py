@@ -742,6 +742,64 @@ def test_a_connection_lost_mid_layer_is_unavailable(
         blob.read()
 
 
+# -- answers that break off after their headers ---------------------------------------------
+
+
+def _big_layer() -> Blob:
+    # Random bytes do not compress: the body is long enough to be cut in its middle.
+    return gzip_layer({"var/lib/pkgs/a.pkglist": b"a 1\n", "noise.bin": os.urandom(256 << 10)})
+
+
+def test_a_layer_download_cut_short_after_its_headers_starts_over(
+    client: RegistryClient, pusher: Pusher, proxy: FaultProxy, name: str
+) -> None:
+    # Given a registry whose first answer for the layer breaks off after 100 bytes
+    blob = _big_layer()
+    push(pusher, name, [blob])
+    path = f"/v2/{name}/blobs/{blob.digest}"
+    proxy.cut_next(1, path, after=100)
+    cache = DictCache()
+
+    # When the image is analysed, the download starts over and the layer is read whole
+    inv = inventory(client, name, cache=cache)
+
+    assert [(p.name, p.version) for p in inv.packages] == [("a", "1")]
+    assert proxy.count("GET", path) == 2
+    assert [put[0] for put in cache.puts] == [blob.digest]
+
+
+@pytest.mark.registry_client(via_proxy=True, retries=1, read_timeout=1.0)
+def test_a_layer_download_that_stalls_past_the_read_timeout_starts_over(
+    client: RegistryClient, pusher: Pusher, proxy: FaultProxy, name: str
+) -> None:
+    # Given a registry that goes silent mid-layer for longer than the read timeout (1 s)
+    blob = _big_layer()
+    push(pusher, name, [blob])
+    path = f"/v2/{name}/blobs/{blob.digest}"
+    proxy.cut_next(1, path, after=100, stall=3)
+
+    # When the image is analysed, the stalled download is given up and made again
+    inv = inventory(client, name)
+
+    assert [(p.name, p.version) for p in inv.packages] == [("a", "1")]
+    assert proxy.count("GET", path) == 2
+
+
+def test_a_layer_that_keeps_breaking_off_fails_as_unavailable_within_the_retries(
+    client: RegistryClient, pusher: Pusher, proxy: FaultProxy, name: str
+) -> None:
+    # Given a registry that cuts every answer for the layer short (retries=1 here)
+    blob = _big_layer()
+    push(pusher, name, [blob])
+    path = f"/v2/{name}/blobs/{blob.digest}"
+    proxy.cut_next(5, path, after=100)
+
+    # Then the analysis fails as a transient error after one retry, not more
+    with pytest.raises(RegistryUnavailable, match="connection lost"):
+        inventory(client, name)
+    assert proxy.count("GET", path) == 2
+
+
 # -- unsupported and foreign layers ------------------------------------------------------------
 
 

@@ -424,6 +424,33 @@ def test_read_timeout_is_unavailable(proxy: FaultProxy, pusher: Pusher) -> None:
     assert proxy.count("GET", "/v2/retry/slow/") == 2
 
 
+def test_a_manifest_and_config_cut_short_after_their_headers_are_fetched_again(
+    proxy: FaultProxy, pusher: Pusher
+) -> None:
+    # Given a registry whose first answers for the manifest and the config break off
+    image = pusher.push_image("retry/cut", "1.0", {"f": b"x"})
+    path = "/v2/retry/cut/"
+    proxy.cut_next(1, path_prefix=f"{path}manifests/", after=10)
+    proxy.cut_next(1, path_prefix=f"{path}blobs/", after=10)
+
+    # Then each is asked for again, and the image resolves as it is
+    with make_client(proxy.url, retries=1) as client:
+        [resolved] = resolve_image(client, "retry/cut", "1.0")
+    assert resolved.digest == image.digest
+    assert proxy.count("GET", path) == 4
+
+
+def test_a_manifest_stalled_past_the_read_timeout_after_its_headers_is_fetched_again(
+    proxy: FaultProxy, pusher: Pusher
+) -> None:
+    image = pusher.push_image("retry/stall", "1.0", {"f": b"x"})
+    path = "/v2/retry/stall/manifests/"
+    proxy.cut_next(1, path_prefix=path, after=10, stall=2)
+    with make_client(proxy.url, retries=1, read_timeout=0.3) as client:
+        assert client.get_manifest("retry/stall", "1.0").digest == image.digest
+    assert proxy.count("GET", path) == 2
+
+
 # -- what a real registry never does ---------------------------------------------------
 
 

@@ -4,10 +4,12 @@ where it must, one download per layer however many workers want it."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 from sqlalchemy.exc import IntegrityError
 
@@ -30,20 +32,27 @@ LOCK_POLL_SECONDS = 0.2
 
 class LayerCache:
     """Cache lookups that, on a miss, hold the layer's Redis lock until the analysis
-    is stored, so concurrent scans of images sharing a layer download it once."""
+    is stored, so concurrent scans of images sharing a layer download it once.
+
+    The lock is a lease: its TTL is short (``layer_lock_seconds``) and a thread renews
+    every lock this cache holds, so other workers wait for a live holder however long
+    the layer takes, and take the layer over within the TTL when the holder died."""
 
     def __init__(self, rt: Runtime, checkpoint: Callable[[], None]) -> None:
         self.rt = rt
         self.checkpoint = checkpoint
+        self.ttl = rt.settings.layer_lock_seconds
         self.held: dict[str, Lock] = {}
+        self._guard = threading.Lock()
+        self._closed = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     def get(self, digest: str) -> LayerAnalysis | None:
         found = self._lookup(digest)
         if found is not None:
             return found
-        lock = self.rt.redis.lock(
-            keys.layer_lock(digest), timeout=self.rt.settings.layer_lock_seconds
-        )
+        # Not thread-local: the renewing thread extends it with this thread's token.
+        lock = self.rt.redis.lock(keys.layer_lock(digest), timeout=self.ttl, thread_local=False)
         while not lock.acquire(blocking=False):
             self.checkpoint()  # a stop must not wait for someone else's download
             time.sleep(LOCK_POLL_SECONDS)
@@ -51,7 +60,7 @@ class LayerCache:
         if found is not None:
             _release(lock)
             return found
-        self.held[digest] = lock
+        self._hold(digest, lock)
         return None
 
     def put(self, digest: str, media_type: str, size: int, analysis: LayerAnalysis) -> None:
@@ -63,14 +72,41 @@ class LayerCache:
         except IntegrityError:
             pass  # stored meanwhile by a worker that did not see our lock (it expired)
         finally:
-            lock = self.held.pop(digest, None)
+            with self._guard:
+                lock = self.held.pop(digest, None)
             if lock is not None:
                 _release(lock)
 
     def release_all(self) -> None:
-        for lock in self.held.values():
+        self._closed.set()
+        with self._guard:
+            locks, self.held = list(self.held.values()), {}
+        for lock in locks:
             _release(lock)
-        self.held.clear()
+
+    def _hold(self, digest: str, lock: Lock) -> None:
+        with self._guard:
+            self.held[digest] = lock
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew, name="layer-locks", daemon=True
+                )
+                self._renewer.start()
+
+    def _renew(self) -> None:
+        """Every third of the TTL, give each held lock its full TTL again."""
+        while not self._closed.wait(self.ttl / 3):
+            with self._guard:
+                locks = list(self.held.items())
+            for digest, lock in locks:
+                try:
+                    lock.reacquire()
+                except LockError:
+                    # Expired before we renewed it (a long pause): another worker may
+                    # analyse the layer too; storing the analysis twice is harmless.
+                    log.warning("layer lock of %s lapsed while held", digest)
+                except RedisError as exc:
+                    log.warning("layer lock of %s not renewed: %s", digest, exc)
 
     def _lookup(self, digest: str) -> LayerAnalysis | None:
         with self.rt.sessions() as session:

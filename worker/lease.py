@@ -1,5 +1,8 @@
 """The regular-scan lease: a redis-py Lock with a TTL, renewed by a heartbeat thread,
-plus a fencing token so a holder whose lease lapsed can no longer write as the owner."""
+plus a fencing token so a holder whose lease lapsed can no longer write as the owner.
+
+Fencing tokens only grow, even across a Redis that lost its data: the counter is never
+allowed below the highest token the database has seen."""
 
 from __future__ import annotations
 
@@ -7,14 +10,33 @@ import contextlib
 import logging
 import threading
 
+from redis import Redis
 from redis.exceptions import LockError
 
 from core import keys
+from models import jobs
 from models.db import transaction
 from models.fencing import Fenced, fence
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# KEYS: the counter; ARGV: the floor. The next value, and never one at or below the floor.
+_NEXT_TOKEN = """
+local token = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[1], token)
+end
+return token
+"""
+
+
+def next_token(redis: Redis, floor: int) -> int:
+    """The next fencing token: one more than the counter, and above ``floor`` (the highest
+    token any job row holds), so a Redis restarted empty cannot hand out a token twice."""
+    return int(redis.register_script(_NEXT_TOKEN)(keys=[keys.REGULAR_FENCE], args=[floor]))
 
 
 class Lease:
@@ -34,7 +56,9 @@ class Lease:
         it. None when another holder has the lock."""
         if not self._lock.acquire(blocking=False):
             return None
-        self.token = int(self.rt.redis.incr(keys.REGULAR_FENCE))
+        with self.rt.sessions() as session:
+            floor = jobs.highest_fencing_token(session)
+        self.token = next_token(self.rt.redis, floor)
         return self.token
 
     @property

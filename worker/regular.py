@@ -9,6 +9,7 @@ sweep's whole backlog. Stop is a Redis flag, checked before each hand-out.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,15 @@ log = logging.getLogger(__name__)
 DONE = "done"
 BUSY = "busy"
 POLL_SECONDS = 0.2
+
+# Set when this worker process begins a warm shutdown (worker/tasks.py): an orchestrator
+# hands its sweep to another worker instead of running it to its end, so a rolling
+# restart does not wait for a sweep that may take hours.
+SHUTTING_DOWN = threading.Event()
+
+
+class HandOff(Exception):
+    """This worker is stopping: the sweep goes on elsewhere."""
 
 
 def run_regular_scan(rt: Runtime, job_id: int) -> str:
@@ -57,6 +67,11 @@ def run_regular_scan(rt: Runtime, job_id: int) -> str:
         rt.admission.job_ended(job_id)
     except Fenced as exc:
         log.warning("job=%s gave up: %s", job_id, exc)
+    except HandOff:
+        lease.release()  # first, so that the next holder finds the slot free
+        rt.publisher.regular_scan(job_id)
+        log.info("job=%s handed to another worker: this one is stopping", job_id)
+        return DONE
     finally:
         lease.release()
     rt.admission.start_next_waiting()
@@ -81,13 +96,20 @@ class Sweep:
             self.dispatch()
 
     def stop_requested(self) -> bool:
+        """Whether the user stopped the scan. Raises :class:`Fenced` once the lease is
+        lost and :class:`HandOff` once this worker is stopping."""
         if self.lease.lost:
             raise Fenced(f"job {self.job.id}: lease lost")
+        if SHUTTING_DOWN.is_set():
+            raise HandOff
         return bool(self.rt.redis.exists(keys.stop_flag(self.job.id)))
 
     # -- discovery ----------------------------------------------------------------
 
     def discover(self) -> None:
+        """Write every image in scope as a pending item. A stop cuts discovery short: what
+        was found is kept, but the job is not marked discovered, so it ends stopped and
+        not complete."""
         batch: list[dict[str, Any]] = []
         for spec in self.specs:
             try:
@@ -100,7 +122,7 @@ class Sweep:
                 self._note(f"discovery in {spec.address.host}: {exc}")
             if self.stop_requested():
                 break
-        self._save(batch, final=True)
+        self._save(batch, final=True, complete=not self.stop_requested())
 
     def _discover_spec(self, spec: Spec) -> Iterator[dict[str, Any]]:
         with self.rt.registry_client(spec.address.base_url, spec.credential_id) as client:
@@ -128,12 +150,14 @@ class Sweep:
         if self.lease.lost:
             raise Fenced(f"job {self.job.id}: lease lost")
 
-    def _save(self, batch: list[dict[str, Any]], final: bool = False) -> None:
+    def _save(
+        self, batch: list[dict[str, Any]], final: bool = False, complete: bool = True
+    ) -> None:
         with transaction(self.rt.sessions) as session:
             fence(session, self.job.id, self.token)
             image_scans.add_items(session, self.job.id, batch)
             if final:
-                image_scans.set_total(session, self.job.id)
+                image_scans.set_total(session, self.job.id, discovered=complete)
 
     def _note(self, message: str) -> None:
         log.warning("job=%s %s", self.job.id, message)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import tempfile
 import threading
@@ -17,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import RedisError
 from requests.auth import AuthBase
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,6 +33,8 @@ from scanner.registry.client import RegistryClient
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire
+
+log = logging.getLogger(__name__)
 
 CREDENTIAL_CACHE_SECONDS = 60.0
 
@@ -192,12 +196,23 @@ class Runtime:
         )
 
     def pull_authorization(self, job_id: int) -> str:
-        """What Harbor gave for pulling the image of this job, or "" (core/keys.py)."""
-        value = self.redis.get(keys.pull_authorization(job_id))
+        """What Harbor gave for pulling the image of this job, or "" (core/keys.py).
+
+        Redis being away is no reason to leave the job hanging: the scan goes on without
+        them, and the registry's refusal says what went wrong."""
+        try:
+            value = self.redis.get(keys.pull_authorization(job_id))
+        except RedisError as exc:
+            log.warning("job=%s pull credentials unreadable: %s", job_id, type(exc).__name__)
+            return ""
         return value.decode() if isinstance(value, bytes) else (value or "")
 
     def forget_pull_authorization(self, job_id: int) -> None:
-        self.redis.delete(keys.pull_authorization(job_id))
+        """Delete them now; should Redis be away, their TTL ends them."""
+        try:
+            self.redis.delete(keys.pull_authorization(job_id))
+        except RedisError as exc:
+            log.warning("job=%s pull credentials left to expire: %s", job_id, type(exc).__name__)
 
 
 def pull_auth(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
-import requests
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from core import fair
 from worker import callbacks, images, regular, rematch
@@ -13,7 +14,11 @@ from worker.app import app
 from worker.periodic import PeriodicPasses
 from worker.runtime import get_runtime
 
+log = logging.getLogger(__name__)
+
 CALLBACK_RETRIES = 5
+# What the database raises while it is unreachable or restarting.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 @app.task(name="regscan.run_regular_scan", bind=True, max_retries=None)
@@ -30,9 +35,19 @@ def scan_image(item_id: int, attempt: int) -> None:
     images.scan_item(get_runtime(), item_id, attempt)
 
 
-@app.task(name="regscan.scan_on_demand")
+# While the database is away, a job is run again with backoff (1 s, 2 s, 4 s, ... at most
+# 30 s, full jitter), for about five minutes; after that recovery takes it up.
+@app.task(
+    name="regscan.scan_on_demand",
+    autoretry_for=DATABASE_AWAY,
+    retry_backoff=True,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=12,
+)
 def scan_on_demand(job_id: int) -> None:
-    """An on-demand job handed back by recovery: its worker went silent."""
+    """An on-demand job run again by id: its worker went silent (recovery), or the
+    database went away while it ran."""
     images.scan_on_demand(get_runtime(), job_id, again=True)
 
 
@@ -41,8 +56,15 @@ def scan_on_demand_next() -> None:
     """A slot on the on-demand queue: run the next job of the team whose turn it is."""
     rt = get_runtime()
     job_id = fair.pop(rt.redis)
-    if job_id is not None:
+    if job_id is None:
+        return
+    try:
         images.scan_on_demand(rt, job_id)
+    except DATABASE_AWAY as exc:
+        # The job left its team's list with this slot: hand it on by id, to be run again
+        # once the database answers, rather than leave it queued with no queue entry.
+        log.warning("job=%s database unavailable (%s); running it again", job_id, exc)
+        rt.publisher.on_demand(job_id)
 
 
 @app.task(name="regscan.rematch")
@@ -56,7 +78,7 @@ def rematch_next() -> None:
 @app.task(
     name="regscan.deliver_callback",
     bind=True,
-    autoretry_for=(callbacks.RetryableDelivery, requests.ConnectionError, requests.Timeout),
+    autoretry_for=(callbacks.RetryableDelivery,),
     retry_backoff=True,
     retry_backoff_max=600,
     retry_jitter=True,
@@ -74,6 +96,13 @@ _passes = PeriodicPasses(get_runtime)
 @worker_ready.connect
 def _start_passes(**_kwargs: object) -> None:
     _passes.start()
+
+
+@worker_shutting_down.connect
+def _hand_off_sweeps(**_kwargs: object) -> None:
+    # A warm shutdown waits for running tasks: a sweep's orchestration hands its sweep on
+    # at its next checkpoint, and images in flight finish (bounded by registry timeouts).
+    regular.SHUTTING_DOWN.set()
 
 
 @worker_shutdown.connect

@@ -89,8 +89,20 @@ def _csv_cells(result: ScanResult, image: Image | None, found: list[Finding]) ->
 
 def _csv_line(cells: list[Any]) -> str:
     buf = io.StringIO()
-    csv.writer(buf).writerow(cells)
+    csv.writer(buf).writerow([_inert(cell) for cell in cells])
     return buf.getvalue()
+
+
+# What a spreadsheet reads as the start of a formula. Distro and package names come from
+# the images themselves (an image's /etc/os-release is whatever its author wrote).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(cell: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading quote."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS):
+        return "'" + cell
+    return cell
 
 
 @router.get("/registry/cyclonedx")

@@ -26,7 +26,7 @@ from api.deps import RawBody, State, authorize
 from api.errors import ApiError, err
 from api.schemas import parse_json_body
 from core.reference import ImageRef, parse_registry, validate_digest, validate_repository
-from core.requester import Requester
+from core.requester import HARBOR_SOURCE, Requester
 from models import JobKind, JobStatus, ScanJob, findings, results
 from models import vuln_records as vulndb
 from models.base import utcnow
@@ -36,7 +36,7 @@ router = APIRouter(prefix="/harbor/api/v1")
 
 REFRESH_AFTER_SECONDS = 5
 MAX_AUTHORIZATION_CHARS = 8192
-SOURCE = "harbor"
+SOURCE = HARBOR_SOURCE
 
 
 def _caller(role: str):

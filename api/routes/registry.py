@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from api import idempotency, views
 from api.auth import Principal
 from api.deps import (
+    MAX_ID,
     Filter,
     IdempotencyKey,
+    Offset,
     Operator,
     RawBody,
     State,
     User,
+    Viewer,
     check_callbacks_enabled,
     requester,
 )
@@ -29,8 +32,8 @@ router = APIRouter()
 
 @router.post("/registry/scan")
 def start_scan(
-    body: RawBody,
     caller: Operator,
+    body: RawBody,
     state: State,
     response: Response,
     wait: bool = Query(False, description="Queue behind a running regular scan"),
@@ -79,7 +82,7 @@ def list_results(
     state: State,
     response: Response,
     flt: Filter,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=250),
     sort: SortField | None = None,
     reverse: bool = False,
@@ -151,7 +154,7 @@ def list_scans(
     state: State,
     response: Response,
     kind: Literal["regular-all", "regular-image", "regular-select", "on-demand"] | None = None,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=250),
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
@@ -163,7 +166,9 @@ def list_scans(
 
 
 @router.get("/registry/scans/{job_id}")
-def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
+def get_scan(
+    caller: Viewer, state: State, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> dict[str, Any]:
     with state.sessions() as session:
         job = session.get(ScanJob, job_id)
         if job is None:
@@ -171,7 +176,10 @@ def get_scan(job_id: int, _user: User, state: State) -> dict[str, Any]:
                 404, f"scan {job_id} does not exist; list scans with GET /registry/scans"
             )
         errors = [views.item_error_view(i) for i in image_scans.failed_items(session, job_id)]
-        callbacks = views.callback_views(session, job_id)
+        # Where a team's callbacks go, and what its receivers answered, is its own
+        # business (and an admin's).
+        mine = caller.may("admin") or caller.team == job.team
+        callbacks = views.callback_views(session, job_id) if mine else []
     return {**job_view(job), "errors": errors, "callbacks": callbacks}
 
 
@@ -191,7 +199,10 @@ def progress(
             return [_progress_entry(job, "regular")]
         if not repo or not (tag or digest):
             raise ApiError(400, "on-demand progress needs repo and either tag or digest")
-        host = parse_registry(registry).host if registry else None
+        try:
+            host = parse_registry(registry).host if registry else None
+        except ValueError as exc:
+            raise ApiError(400, f"registry: {exc}") from None
         found_jobs = image_scans.on_demand_jobs_for(session, host, repo, tag, digest)
         return [_progress_entry(j, "onDemand") for j in found_jobs]
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from api.deps import RawBody, State, User
+from api.deps import RawBody, State, User, Viewer
 from api.errors import ApiError
 from api.schemas import RegistrySettings, Specification, parse_json_body
 from core.reference import parse_registry
@@ -69,10 +69,11 @@ def _row_fields(spec: Specification) -> dict[str, Any]:
 
 
 @router.get("/settings/registry")
-def get_registry_settings(_user: User, state: State) -> dict[str, Any]:
+def get_registry_settings(caller: Viewer, state: State) -> dict[str, Any]:
+    """The configuration; the webhook secret (which starts scans) only for admins."""
     with state.sessions() as session:
         specs = [spec_view(r) for r in spec_store.list_specs(session)]
-    secret = webhook_secret(state.settings)
+    secret = webhook_secret(state.settings) if caller.may("admin") else None
     return {
         "specifications": specs,
         "webhookUrlSuffix": f"?secret={secret}" if secret else "",

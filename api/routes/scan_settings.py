@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr
 from sqlalchemy.orm import Session
 
 from api.deps import RawBody, State, User
@@ -28,7 +28,8 @@ RECENT_TICKS = 10
 class ScanSettings(Strict):
     """The fields a POST may change; a field left out keeps its value."""
 
-    registryScanPeriodMs: StrictInt | None = None
+    # At most ten years: beyond, the period means nothing and would overflow the column.
+    registryScanPeriodMs: StrictInt | None = Field(default=None, le=315_360_000_000)
     cron: StrictStr | None = None
     timezone: StrictStr | None = None
 

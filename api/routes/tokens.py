@@ -6,13 +6,13 @@ characters are, so that a person can tell which one a service holds.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import Field, StrictStr
 
 from api.auth import new_api_token
-from api.deps import Admin, RawBody, State
+from api.deps import MAX_ID, Admin, RawBody, State
 from api.errors import ApiError
 from api.schemas import Strict, parse_json_body
 from core.views import ts
@@ -75,7 +75,9 @@ def list_tokens(_caller: Admin, state: State) -> list[dict[str, Any]]:
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(_caller: Admin, state: State, token_id: int) -> dict[str, Any]:
+def revoke_token(
+    _caller: Admin, state: State, token_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> dict[str, Any]:
     """Revoke a token: requests carrying it are refused from now on."""
     with transaction(state.sessions) as session:
         row = store.revoke(session, token_id)

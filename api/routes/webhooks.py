@@ -21,14 +21,15 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 
 from api.deps import RawBody, State
 from api.errors import ApiError
+from api.guards import check_text
 from core.reference import ImageRef, parse_registry
 from core.secrets import webhook_secret
 from core.settings import Settings
@@ -72,16 +73,23 @@ def _bearer(request: Request) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-@router.post(WEBHOOK_PATH)
-def receive_push(
+def webhook_sender(
     request: Request,
-    body: RawBody,
     state: State,
     secret: str | None = Query(None, description="the webhook secret"),
+) -> None:
+    """The sender must hold the webhook secret; checked before the body is read."""
+    check_secret(request, state.settings, secret)
+
+
+@router.post(WEBHOOK_PATH)
+def receive_push(
+    _sender: Annotated[None, Depends(webhook_sender)],
+    body: RawBody,
+    state: State,
     registry: str | None = Query(None, description="registry identity to use for events"),
 ) -> dict[str, Any]:
     """Scan what the notification says was pushed; answers with what became of each event."""
-    check_secret(request, state.settings, secret)
     host = _override_host(registry)
     parsed = parse_notification(_json(body), host)
     counts = {"scanned": 0, "ignored": parsed.ignored, "outOfScope": 0, "duplicate": 0}
@@ -107,6 +115,10 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"notification body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "notification body nests too deep") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ApiError(400, f"notification body holds a number too large to read: {exc}") from None
 
 
 def _override_host(registry: str | None) -> str | None:
@@ -161,6 +173,8 @@ def distribution_push(event: Any, host: str | None) -> Push | None:
     event_id = event.get("id")
     if not target.get("tag") or not isinstance(event_id, str) or not event_id:
         return None  # by digest only: a child of an index whose tagged push follows
+    if check_text(event_id) is not None:
+        return None
     request = event.get("request")
     host = host or _url_host(target.get("url"))
     if not host and isinstance(request, dict):

@@ -97,8 +97,10 @@ def _download(
     catalogers: Sequence[Cataloger],
     limits: Limits,
 ) -> LayerAnalysis:
-    """Analyse a layer from the registry; only a blob verified to its end counts."""
-    with client.open_blob(repository, layer.digest, size=layer.size) as blob:
+    """Analyse a layer from the registry; only a blob verified to its end counts. A
+    download that breaks off midway starts over (``RegistryClient.read_blob``)."""
+
+    def read(blob: BinaryIO) -> LayerAnalysis:
         try:
             analysis = analyse_layer(
                 blob,
@@ -112,7 +114,9 @@ def _download(
             _drain(blob)
             raise
         _drain(blob)
-    return analysis
+        return analysis
+
+    return client.read_blob(repository, layer.digest, read, size=layer.size)
 
 
 def _drain(blob: BinaryIO) -> None:

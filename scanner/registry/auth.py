@@ -24,6 +24,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -257,11 +258,11 @@ class RegistryAuth(AuthBase):
     def _check_realm(self, realm: str) -> None:
         scheme, host, _port = origin(realm)
         if scheme not in ("http", "https") or not host:
-            raise RegistryProtocolError(f"registry sent an unusable token realm {realm!r}")
+            raise RegistryProtocolError("registry sent an unusable token realm")
         if self.username and self.registry_origin[0] == "https" and scheme == "http":
             raise RegistryAuthError(
-                f"the registry's token server {realm} is plain HTTP while the registry uses "
-                "HTTPS; refusing to send the credential's account and secret there"
+                f"the registry's token server {_where(realm)} is plain HTTP while the "
+                "registry uses HTTPS; refusing to send the credential's account and secret there"
             )
 
     def _fetch(self, realm: str, service: str, scope: str) -> _Token:
@@ -270,7 +271,7 @@ class RegistryAuth(AuthBase):
         if self.username:
             params.append(("account", self.username))
         auth = (self.username, self._password) if self.username else None
-        what = f"token for {scope or 'registry access'} from {realm}"
+        what = f"token for {scope or 'registry access'} from {_where(realm)}"
         try:
             response = self._session.get(
                 realm, params=params, auth=auth, timeout=self._timeout, stream=True
@@ -293,7 +294,9 @@ class RegistryAuth(AuthBase):
         return _Token(value, time.monotonic() + expires_in - margin)
 
     def _raise_for_status(self, response: requests.Response, what: str) -> None:
-        status = f"{response.status_code} {response.reason or ''}".strip()
+        # The status's standard phrase, not the server's: a hostile server can put anything
+        # in its reason phrase, and the message ends up in job errors and logs.
+        status = _status_line(response.status_code)
         if response.status_code in (401, 403):
             who = f"account {self.username!r}" if self.username else "anonymous access"
             raise RegistryAuthError(
@@ -322,6 +325,19 @@ def _read_json(response: requests.Response, what: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise RegistryProtocolError(f"{what}: the answer is not a JSON object")
     return parsed
+
+
+def _where(url: str) -> str:
+    """A server's address for messages: scheme, host and port, nothing it chose itself."""
+    scheme, host, port = origin(url)
+    return f"{scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 class FixedAuthorization(AuthBase):

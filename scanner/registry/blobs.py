@@ -14,7 +14,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import HTTPError
 
-from scanner.errors import InvalidContent, RegistryUnavailable
+from scanner.errors import BodyInterrupted, InvalidContent
 from scanner.registry.transport import describe
 
 
@@ -65,7 +65,7 @@ class VerifiedBlob(io.RawIOBase):
         try:
             return self._raw.read(amount, decode_content=False)
         except (HTTPError, OSError) as exc:
-            raise RegistryUnavailable(f"{self._what} unavailable: {describe(exc)}") from exc
+            raise BodyInterrupted(f"{self._what} unavailable: {describe(exc)}") from exc
 
     def _verify(self) -> str:
         """Why the bytes read are not the blob, or "" when they are."""

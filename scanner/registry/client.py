@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
@@ -32,6 +33,7 @@ from core.reference import (
     validate_tag,
 )
 from scanner.errors import (
+    BodyInterrupted,
     InvalidContent,
     InvalidManifest,
     NotFound,
@@ -50,13 +52,22 @@ from scanner.registry.manifests import (
     ref_from_headers,
     verify_digest,
 )
-from scanner.registry.transport import CHUNK, RETRY_STATUSES, failure, read_capped, retry_policy
+from scanner.registry.transport import (
+    CHUNK,
+    RETRY_STATUSES,
+    failure,
+    pause,
+    read_capped,
+    retry_policy,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A listing page holds names only; even a huge registry's page of 1000 stays far below.
 _MAX_PAGE_BYTES = 8 << 20
 _MAX_ERROR_BYTES = 8 << 10
+_ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")  # as the distribution spec names them
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -90,6 +101,8 @@ class RegistryClient:
         self.base_url = address.base_url
         self.host = address.host
         self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
         self.max_manifest_bytes = max_manifest_bytes
         self.max_config_bytes = max_config_bytes
         self._timeout = (connect_timeout, read_timeout)
@@ -173,6 +186,24 @@ class RegistryClient:
         verify_digest(data, digest, what)
         return data
 
+    def read_blob(
+        self,
+        repository: str,
+        digest: str,
+        read: Callable[[BinaryIO], T],
+        *,
+        size: int | None = None,
+    ) -> T:
+        """``read(blob)`` on a streamed blob (see :meth:`open_blob`). When the stream breaks
+        off (cut short, or stalled past the read timeout) the blob is downloaded again
+        from the start and ``read`` called afresh, up to ``retries`` times."""
+
+        def attempt() -> T:
+            with self.open_blob(repository, digest, size=size) as blob:
+                return read(blob)
+
+        return self._again_if_interrupted(attempt)
+
     @contextmanager
     def open_blob(
         self, repository: str, digest: str, *, size: int | None = None
@@ -181,7 +212,7 @@ class RegistryClient:
 
         Reading it to the end verifies its digest and ``size``: a mismatch raises
         ``InvalidContent`` there. More than ``size`` bytes are never read. A connection
-        lost while streaming raises ``RegistryUnavailable``; it is not retried here.
+        lost while streaming raises ``BodyInterrupted``; :meth:`read_blob` retries it.
         """
         validate_repository(repository)
         validate_digest(digest)
@@ -228,10 +259,14 @@ class RegistryClient:
 
     def _page(self, url: str, key: str, what: str) -> tuple[list[str], str | None]:
         """One page of a listing: its valid names and the next page's URL, if any."""
-        with self._open("GET", url, what) as response:
-            self._raise_for_status(response, what)
-            raw = read_capped(response, _MAX_PAGE_BYTES, what, RegistryProtocolError)
-            link = response.links.get("next", {}).get("url")
+
+        def read() -> tuple[bytes, str | None]:
+            with self._open("GET", url, what) as response:
+                self._raise_for_status(response, what)
+                body = read_capped(response, _MAX_PAGE_BYTES, what, RegistryProtocolError)
+                return body, response.links.get("next", {}).get("url")
+
+        raw, link = self._again_if_interrupted(read)
         items = _json_object(raw, what, RegistryProtocolError).get(key) or []
         if not isinstance(items, list):
             raise RegistryProtocolError(f"{what}: {key!r} is not a list")
@@ -250,9 +285,24 @@ class RegistryClient:
         self, url: str, what: str, limit: int, accept: str | None = None
     ) -> tuple[CaseInsensitiveDict[str], bytes]:
         """GET a body of at most ``limit`` bytes; returns the headers and the body."""
-        with self._open("GET", url, what, accept=accept) as response:
-            self._raise_for_status(response, what)
-            return response.headers, read_capped(response, limit, what, InvalidManifest)
+
+        def read() -> tuple[CaseInsensitiveDict[str], bytes]:
+            with self._open("GET", url, what, accept=accept) as response:
+                self._raise_for_status(response, what)
+                return response.headers, read_capped(response, limit, what, InvalidManifest)
+
+        return self._again_if_interrupted(read)
+
+    def _again_if_interrupted(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, made again when its answer breaks off after the headers: up to
+        ``retries`` times, with the same backoff as faults before the headers."""
+        for tries in range(self.retries):
+            try:
+                return attempt()
+            except BodyInterrupted as exc:
+                log.info("%s; trying again", exc)
+                pause(tries, self.backoff, self.backoff_max)
+        return attempt()
 
     @contextmanager
     def _open(
@@ -282,7 +332,7 @@ class RegistryClient:
                 yield response
             except requests.RequestException as exc:
                 # Raised while streaming the body, which urllib3 does not retry.
-                raise RegistryUnavailable(f"{what} unavailable: {failure(exc, 0)}") from exc
+                raise BodyInterrupted(f"{what} unavailable: {failure(exc, 0)}") from exc
 
     def _raise_for_status(self, response: requests.Response, what: str) -> None:
         """Map a non-2xx status to the matching ``ScanError``."""
@@ -330,10 +380,12 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _detail(response: requests.Response) -> str:
-    """The first error the registry reported in its JSON body, for messages."""
+    """The code of the first error the registry reported in its JSON body (such as
+    ``DENIED``), for messages. Never its message: a hostile registry can echo anything
+    there, our own Authorization header included, and messages reach job errors."""
     try:
         raw = read_capped(response, _MAX_ERROR_BYTES, "error", RegistryProtocolError)
-        first = json.loads(raw)["errors"][0]
-        return f": {first['code']} {first.get('message', '')}".rstrip()
+        code = json.loads(raw)["errors"][0]["code"]
     except (ScanError, requests.RequestException, ValueError, KeyError, IndexError, TypeError):
         return ""
+    return f": {code}" if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else ""

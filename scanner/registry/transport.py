@@ -9,6 +9,7 @@ than we asked for.
 from __future__ import annotations
 
 import random
+import time
 
 import requests
 from urllib3.exceptions import (
@@ -59,6 +60,12 @@ def retry_policy(retries: int, backoff: float, backoff_max: float) -> Retry:
         # Hand the last response back so its status can be reported.
         raise_on_status=False,
     )
+
+
+def pause(attempt: int, backoff: float, backoff_max: float) -> None:
+    """Wait before trying again after ``attempt`` failures, as the adapter's retries do:
+    exponential, with jitter, capped."""
+    time.sleep(min(backoff_max, backoff * 2**attempt + random.uniform(0, backoff)))
 
 
 def read_capped(
