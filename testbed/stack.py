@@ -175,6 +175,9 @@ class Stack:
         """A second API process on the same database and Redis, on a port of its own,
         with ``env`` added to (or overriding) the stack's environment; its admin client."""
         port = free_port()
+        if self.tls is not None:
+            # Its HTTPS listener needs a port of its own too.
+            env = {"REGSCAN_API_TLS_PORT": str(free_port()), **(env or {})}
         self._spawn(name, "api", "--port", str(port), env=env)
         client = Api(f"http://127.0.0.1:{port}")
         wait_for(lambda: _answers(client), 30, f"API {name} to answer")
