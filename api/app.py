@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
-from api import errors
+from api import errors, openapi
 from api.auth import Authenticator, ensure_admin
 from api.deps import AppState, RawBody, State, User, Viewer
 from api.errors import ApiError
@@ -63,6 +63,7 @@ def create_app(config: Settings) -> FastAPI:
         auth=Authenticator(config, sessions, wiring.redis),
     )
     errors.install(app)
+    openapi.install(app)
     versioned = APIRouter(prefix="/api/v{version}", dependencies=[Depends(check_version)])
     versioned.include_router(registry.router)
     versioned.include_router(bulk.router)
@@ -75,7 +76,9 @@ def create_app(config: Settings) -> FastAPI:
     versioned.include_router(campaigns.router)
     versioned.include_router(vulndb.router)
     versioned.include_router(webhooks.router)
-    versioned.add_api_route("/authenticate", authenticate, methods=["POST"])
+    versioned.add_api_route(
+        "/authenticate", authenticate, methods=["POST"], openapi_extra=openapi.body(Credentials)
+    )
     versioned.add_api_route("/logout", logout, methods=["POST"])
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)

@@ -44,6 +44,8 @@ BASIC_CACHE_SECONDS = 60.0
 CHECK_WAIT_SECONDS = 10.0
 # A user name may fail this many times the limit of a client address per window.
 USER_FACTOR = 5
+# Client addresses this process remembers as over their limit, at most.
+MAX_BLOCKED = 100_000
 # What an unknown user's password is checked against, so that it costs the same.
 _UNKNOWN_USER_HASH = _hasher.hash(secrets.token_urlsafe(16))
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="regscan"'}
@@ -118,6 +120,9 @@ class Authenticator:
         self._verified: dict[str, tuple[Principal, str, float]] = {}
         self._guard = threading.Lock()
         self._checking = threading.BoundedSemaphore(settings.login_concurrency)
+        # Clients over their limit, and until when (time.monotonic()): refused here
+        # without asking Redis, so that a flood costs as little as possible.
+        self._blocked: dict[str, float] = {}
 
     def issue_token(self, username: str, password: str, client: str) -> str:
         user = self._login(username, password, client, challenge=False)
@@ -188,10 +193,11 @@ class Authenticator:
         headers = _CHALLENGE if challenge else None
         if check_text(username) is not None or check_text(password) is not None:
             raise ApiError(401, "invalid username or password", headers)
+        self._refuse_if_blocked(client)
         counters = self._counters(username, client)
         # Counted before the check, so that a burst cannot slip past the limit while
         # its first attempts are being checked; a success gives its count back.
-        self._count_attempt(counters)
+        self._count_attempt(counters, client)
         with self.sessions() as session:
             user = users.get_user(session, username)
         if not self._password_ok(user, password) or user is None:
@@ -221,7 +227,21 @@ class Authenticator:
             (keys.login_failures_of_user(_sha256(username)), self.failures * USER_FACTOR),
         ]
 
-    def _count_attempt(self, counters: list[tuple[str, int]]) -> None:
+    def _refuse_if_blocked(self, client: str) -> None:
+        until = self._blocked.get(client)
+        if until is None:
+            return
+        wait = until - time.monotonic()
+        if wait <= 0:
+            self._blocked.pop(client, None)
+            return
+        raise ApiError(
+            429,
+            f"too many failed logins; try again in {int(wait) + 1} s",
+            {"Retry-After": str(int(wait) + 1)},
+        )
+
+    def _count_attempt(self, counters: list[tuple[str, int]], client: str) -> None:
         """Count a login attempt; 429 when it is one too many for its window."""
         try:
             with self.redis.pipeline() as pipe:
@@ -237,6 +257,10 @@ class Authenticator:
             log.warning("login attempts cannot be counted: Redis is not answering")
             return
         if over:
+            if counters[0][0] in over:
+                if len(self._blocked) > MAX_BLOCKED:
+                    self._blocked.clear()  # a flood from very many addresses: start over
+                self._blocked[client] = time.monotonic() + max(wait, 1)
             raise ApiError(
                 429,
                 f"too many failed logins; try again in {max(wait, 1)} s",

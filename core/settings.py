@@ -6,10 +6,20 @@ environment.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_layer_parallelism() -> int:
+    """The cores this process may run on, at least 2."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(2, cores)
 
 
 class Settings(BaseSettings):
@@ -149,6 +159,13 @@ class Settings(BaseSettings):
         description="TTL of the lock a worker holds while it downloads and analyses a "
         "layer; the holder renews it every third of that, so a live holder keeps it for "
         "as long as the layer takes, and a dead one frees it within this.",
+    )
+    layer_parallelism: int = Field(
+        default_factory=default_layer_parallelism,
+        ge=1,
+        description="Layers of one image downloaded and read at once, each in a thread "
+        "of its own, then merged in the image's order. Default: the cores this process "
+        "may use, at least 2 (downloads overlap waiting on the network even on one core).",
     )
     max_layer_expanded_bytes: int = Field(
         default=8 << 30, description="Cap on the uncompressed bytes of one layer."

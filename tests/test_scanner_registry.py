@@ -25,7 +25,7 @@ from scanner.errors import (
     RegistryUnavailable,
     ScanStopped,
 )
-from scanner.registry.client import RegistryClient
+from scanner.registry.client import RegistryClient, SessionPool
 from scanner.registry.images import PlatformImage, newest_first, resolve_image
 from scanner.registry.manifests import (
     DOCKER_MANIFEST,
@@ -64,6 +64,28 @@ def blob_file(registry: RegistryServer, digest: str) -> Path:
 
 
 # -- listing ---------------------------------------------------------------------------
+
+
+def test_clients_of_one_session_pool_reuse_the_registry_connection(
+    registry: RegistryServer, pusher: Pusher, name: str
+) -> None:
+    # Given an image, and the registry behind a proxy that counts client connections
+    pusher.push_image(name, "1", {"a": b"1"})
+    pool = SessionPool()
+    with FaultProxy.for_url(registry.url) as proxy:
+        # When two clients, one after the other, fetch its manifest through one pool
+        for _ in range(2):
+            with RegistryClient(proxy.url, pool=pool) as pooled:
+                pooled.get_manifest(name, "1")
+        # Then the second used the connection the first left open
+        assert (proxy.count("GET"), proxy.connections) == (2, 1)
+
+        # While two clients with sessions of their own open one each
+        for _ in range(2):
+            with RegistryClient(proxy.url) as own:
+                own.get_manifest(name, "1")
+        assert (proxy.count("GET"), proxy.connections) == (4, 3)
+    pool.close()
 
 
 def test_ping(client: RegistryClient) -> None:

@@ -1,5 +1,9 @@
 """The inventory of an image: from the layer cache where it can, from the registry
-where it must, one download per layer however many workers want it."""
+where it must, one download per layer however many workers want it.
+
+The layers of one image are read in parallel (``REGSCAN_LAYER_PARALLELISM``), so one
+scan may hold several layer locks at once, taken and released by different threads.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ class LayerCache:
         found = self._lookup(digest)
         if found is not None:
             return found
-        # Not thread-local: the renewing thread extends it with this thread's token.
+        # Not thread-local: the renewing thread extends it with this thread's token, and
+        # the scan's thread releases it when a layer's thread gave up.
         lock = self.rt.redis.lock(keys.layer_lock(digest), timeout=self.ttl, thread_local=False)
         while not lock.acquire(blocking=False):
             self.checkpoint()  # a stop must not wait for someone else's download
@@ -149,6 +154,7 @@ def take_inventory(
             cache_put=cache.put,
             checkpoint=checkpoint,
             limits=limits,
+            parallel=rt.settings.layer_parallelism,
         )
 
 

@@ -29,7 +29,7 @@ from core.tasks import Publisher
 from models import credentials as credential_store
 from scanner.errors import ScanError
 from scanner.registry.auth import FixedAuthorization, RegistryAuth
-from scanner.registry.client import RegistryClient
+from scanner.registry.client import RegistryClient, SessionPool
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire
@@ -158,9 +158,12 @@ class Runtime:
     admission: Admission
     recovery: Recovery
     auths: RegistryAuths = field(init=False, repr=False)
+    # Kept for the process: each scan reuses the connections the last one left open.
+    registry_sessions: SessionPool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.auths = RegistryAuths(self.settings, self.sessions)
+        self.registry_sessions = SessionPool()
 
     @classmethod
     def wired(cls, wiring: Wiring) -> Runtime:
@@ -191,6 +194,7 @@ class Runtime:
             retries=s.registry_retries,
             backoff=s.registry_backoff,
             backoff_max=s.registry_backoff_max,
+            pool=self.registry_sessions,
             auth=auth,
             verify=verify,
         )

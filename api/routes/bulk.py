@@ -17,6 +17,7 @@ from api.deps import (
     requester,
 )
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import BulkScanRequest, parse_json_body
 from core.reference import ImageRef
 from models import ScanJob
@@ -24,7 +25,7 @@ from models import ScanJob
 router = APIRouter()
 
 
-@router.post("/registry/scan/bulk")
+@router.post("/registry/scan/bulk", openapi_extra=body(BulkScanRequest))
 def bulk_scan(
     caller: Operator,
     state: State,

@@ -12,6 +12,7 @@ from pydantic import StrictStr, model_validator
 
 from api.deps import Operator, RawBody, State
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import Strict, parse_json_body
 from core.reference import ImageRef
 from core.requester import Requester
@@ -52,7 +53,7 @@ class Campaign(Strict):
         return self
 
 
-@router.post("/registry/scan/select")
+@router.post("/registry/scan/select", openapi_extra=body(list[SelectItem]))
 def scan_selection(
     caller: Operator, state: State, body: RawBody, wait: bool = Query(False)
 ) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def scan_selection(
     return job_view(job)
 
 
-@router.post("/registry/scan/campaign")
+@router.post("/registry/scan/campaign", openapi_extra=body(Campaign))
 def scan_campaign(
     caller: Operator, state: State, body: RawBody, wait: bool = Query(False)
 ) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import Admin, RawBody, State
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import Strict, parse_json_body
 from core.secrets import SecretBox, SecretKeyError, secret_box
 from core.views import ts
@@ -173,7 +174,7 @@ def list_credentials(_caller: Admin, state: State) -> list[dict[str, Any]]:
         return [credential_view(r) for r in store.list_credentials(session)]
 
 
-@router.post("/credentials")
+@router.post("/credentials", openapi_extra=body(CredentialIn))
 def put_credential(_caller: Admin, state: State, body: RawBody) -> dict[str, Any]:
     """Create a credential, or replace the one with the same ``_id``."""
     payload = parse_json_body(body)

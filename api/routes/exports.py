@@ -30,17 +30,25 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-@router.get("/registry/download")
+class CsvResponse(StreamingResponse):
+    media_type = "text/csv"
+
+
+class CycloneDxResponse(Response):
+    media_type = "application/vnd.cyclonedx+json"
+
+
+@router.get("/registry/download", response_class=CsvResponse)
 def download(_user: User, state: State, flt: Filter) -> StreamingResponse:
     """One CSV row per image and finding (an image without findings gets one row)."""
     headers = {
         "Content-Disposition": 'attachment; filename="registry-scan-results.csv"',
         # Exactly "text/csv", as the reference sends: the Prisma Cloud SDK's download
-        # helpers compare the media type whole. Given as media_type, Starlette would add
-        # "; charset=utf-8" (the text is UTF-8 all the same).
+        # helpers compare the media type whole. From media_type alone, Starlette would
+        # add "; charset=utf-8" (the text is UTF-8 all the same).
         "Content-Type": "text/csv",
     }
-    return StreamingResponse(_csv_rows(state, flt), headers=headers)
+    return CsvResponse(_csv_rows(state, flt), headers=headers)
 
 
 def _csv_rows(state: State, flt: ResultFilter) -> Iterator[str]:
@@ -105,7 +113,7 @@ def _inert(cell: Any) -> Any:
     return cell
 
 
-@router.get("/registry/cyclonedx")
+@router.get("/registry/cyclonedx", response_class=CycloneDxResponse)
 def cyclonedx(_user: User, state: State, flt: Filter, platform: str | None = None) -> Response:
     """A CycloneDX 1.6 JSON document of one image: its packages and vulnerabilities."""
     with state.sessions() as session:

@@ -22,6 +22,7 @@ from api.deps import (
     requester,
 )
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import ScanRequest, parse_json_body
 from core.reference import parse_registry
 from core.views import job_view, ts
@@ -30,7 +31,7 @@ from models import JobKind, ScanJob, findings, image_scans, images, jobs, result
 router = APIRouter()
 
 
-@router.post("/registry/scan")
+@router.post("/registry/scan", openapi_extra=body(ScanRequest, required=False))
 def start_scan(
     caller: Operator,
     body: RawBody,

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import RawBody, State, User, Viewer
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import RegistrySettings, Specification, parse_json_body
 from core.reference import parse_registry
 from core.requester import Requester
@@ -82,7 +83,7 @@ def get_registry_settings(caller: Viewer, state: State) -> dict[str, Any]:
     }
 
 
-@router.put("/settings/registry")
+@router.put("/settings/registry", openapi_extra=body(RegistrySettings))
 def put_registry_settings(
     user: User, state: State, body: RawBody, scanLater: bool = Query(False)
 ) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def put_registry_settings(
     return {"specifications": saved, **_maybe_scan(state, user, scanLater or not saved)}
 
 
-@router.post("/settings/registry")
+@router.post("/settings/registry", openapi_extra=body(RegistrySettings | Specification))
 def add_registry_settings(
     user: User, state: State, body: RawBody, scanLater: bool = Query(False)
 ) -> dict[str, Any]:

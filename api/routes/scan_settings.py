@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import RawBody, State, User
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import Strict, parse_json_body
 from core.settings import Settings
 from core.views import ts
@@ -40,7 +41,7 @@ def get_scan_settings(_user: User, state: State) -> dict[str, Any]:
         return _view(session, state.settings, store.ensure_schedule(session))
 
 
-@router.post("/settings/scan")
+@router.post("/settings/scan", openapi_extra=body(ScanSettings))
 def post_scan_settings(_user: User, state: State, body: RawBody) -> dict[str, Any]:
     """Change the given fields only; unknown fields and bad values are refused."""
     payload = parse_json_body(body)

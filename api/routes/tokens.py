@@ -14,6 +14,7 @@ from pydantic import Field, StrictStr
 from api.auth import new_api_token
 from api.deps import MAX_ID, Admin, RawBody, State
 from api.errors import ApiError
+from api.openapi import body
 from api.schemas import Strict, parse_json_body
 from core.views import ts
 from models import ApiToken
@@ -45,7 +46,7 @@ def token_view(row: ApiToken) -> dict[str, Any]:
     }
 
 
-@router.post("/tokens")
+@router.post("/tokens", openapi_extra=body(TokenRequest))
 def create_token(caller: Admin, state: State, body: RawBody) -> dict[str, Any]:
     """Issue a token; the answer is the only place it is ever shown."""
     payload = parse_json_body(body)

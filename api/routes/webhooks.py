@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from api.deps import RawBody, State
 from api.errors import ApiError
 from api.guards import check_text
+from api.openapi import body
 from core.reference import ImageRef, parse_registry
 from core.secrets import webhook_secret
 from core.settings import Settings
@@ -82,7 +83,7 @@ def webhook_sender(
     check_secret(request, state.settings, secret)
 
 
-@router.post(WEBHOOK_PATH)
+@router.post(WEBHOOK_PATH, openapi_extra=body(dict[str, Any]))
 def receive_push(
     _sender: Annotated[None, Depends(webhook_sender)],
     body: RawBody,

@@ -5,15 +5,26 @@ bytes (a mislabelled layer is read as what it is): gzip, zstd or plain tar. A zs
 stream's frame and block headers are followed, because the decoder takes a truncated
 stream for a short one. The expanded stream is counted and refused past the limit
 (decompression bombs); corrupt or truncated streams raise ``InvalidContent``.
+
+gzip is inflated by zlib-ng (the ``zlib-ng`` package) where its wheel is installed,
+else by the standard library's zlib. ``bench/analyse.py`` measured ISA-L (``isal``)
+too: it spends less CPU on real layers, but there the tar walk sets the pace and both
+read a layer in the same time, while zlib-ng reads the benchmark's layer twice as fast.
+Decompression runs a few blocks ahead of the tar reader in a thread of its own
+(``ReadAhead``): downloading, hashing and inflating release the GIL, so on a free core
+they overlap the reading of the tar headers. The tar reader skips forward without
+copying what it skips (``Expanded.seek``).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
+import queue
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any, Protocol, cast
 
 import zstandard
@@ -26,15 +37,70 @@ log = logging.getLogger(__name__)
 GZIP, ZSTD, TAR = "gzip", "zstd", "tar"
 HEAD_BYTES = 512
 CHUNK = 64 << 10
+# What the decompressing thread hands over at a time, and how many of those it may
+# have ready: at most about a MiB decompressed ahead of the tar reader.
+BLOCK = 256 << 10
+BLOCKS_AHEAD = 4
+# Compressed bytes given to the inflater at a time: small, so that a decompression
+# bomb is refused having read little of it, whatever it expands to.
+INPUT_BYTES = 16 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_DECOMPRESSION_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+_GZIP_WBITS = 31  # zlib's way of saying: a gzip header and trailer, both checked
 
 
 class Readable(Protocol):
     """Anything to read bytes from: a blob, a decompressor, a stream put together."""
 
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Inflater:
+    """A zlib implementation: how to start inflating, and what it raises."""
+
+    name: str
+    start: Callable[[], Any]  # a decompress object, as zlib.decompressobj makes
+    error: type[Exception]
+
+
+def _inflaters() -> dict[str, Inflater]:
+    """The zlib implementations installed, the default first (``bench/analyse.py``)."""
+    found: dict[str, Inflater] = {}
+    try:
+        from zlib_ng import zlib_ng
+
+        found["zlib-ng"] = Inflater(
+            "zlib-ng", lambda: zlib_ng.decompressobj(_GZIP_WBITS), _error_class(zlib_ng.error)
+        )
+    except ImportError:  # no wheel for this platform: the standard library's zlib
+        log.info("zlib-ng is not installed; gzip layers are inflated by zlib")
+    try:
+        from isal import isal_zlib
+
+        found["isal"] = Inflater(
+            "isal", lambda: isal_zlib.decompressobj(_GZIP_WBITS), _error_class(isal_zlib.error)
+        )
+    except ImportError:  # only the benchmarks install it, to compare
+        pass
+    found["zlib"] = Inflater("zlib", lambda: zlib.decompressobj(_GZIP_WBITS), zlib.error)
+    return found
+
+
+def _error_class(error: object) -> type[Exception]:
+    # Both packages' type stubs call their error class an instance.
+    return cast(type[Exception], error)
+
+
+INFLATERS = _inflaters()
+INFLATER = next(iter(INFLATERS))
+"""The name of the zlib implementation gzip layers are inflated with by default."""
+
+_DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (
+    EOFError,
+    zstandard.ZstdError,
+    *(inflater.error for inflater in INFLATERS.values()),
+)
 
 
 def layer_compression(media_type: str, digest: str = "") -> str:
@@ -56,20 +122,32 @@ def layer_compression(media_type: str, digest: str = "") -> str:
 
 @contextmanager
 def tar_stream(
-    stream: Readable, digest: str, media_type: str, limits: Limits
+    stream: Readable,
+    digest: str,
+    media_type: str,
+    limits: Limits,
+    *,
+    inflater: str = INFLATER,
+    read_ahead: bool = True,
 ) -> Iterator[Expanded]:
-    """The layer's tar stream, decompressed as its first bytes require."""
+    """The layer's tar stream, decompressed as its first bytes require.
+
+    ``inflater`` names the zlib implementation for gzip (one of ``INFLATERS``);
+    ``read_ahead`` decompresses in a thread of its own. Both are there for the
+    benchmarks to compare; the defaults are the fastest.
+    """
     declared = layer_compression(media_type, digest)
     head = _read_up_to(stream, HEAD_BYTES)
     kind = _sniff(head, declared, digest, media_type)
     source = _Prefixed(head, stream)
     finish: Callable[[], None] = _nothing
-    reader: Any = source
+    decoder: Readable = source
+    zstd_reader = None
     if kind == GZIP:
-        reader = gzip.GzipFile(fileobj=cast(IO[bytes], source), mode="rb")
+        decoder = GzipMembers(source, INFLATERS[inflater])
     elif kind == ZSTD:
         frames = _ZstdFrames()
-        reader = zstandard.ZstdDecompressor().stream_reader(
+        decoder = zstd_reader = zstandard.ZstdDecompressor().stream_reader(
             cast(IO[bytes], _Watched(source, frames)),
             read_size=CHUNK,
             read_across_frames=True,
@@ -79,11 +157,15 @@ def tar_stream(
         def finish() -> None:
             frames.check(digest)
 
+    ahead = ReadAhead(decoder) if read_ahead else None
     try:
-        yield Expanded(reader, digest, kind, limits.max_expanded_bytes, finish)
+        yield Expanded(ahead or decoder, digest, kind, limits.max_expanded_bytes, finish)
     finally:
-        if reader is not source:
-            reader.close()
+        # The thread goes first: it reads from the decoder and the blob.
+        if ahead is not None:
+            ahead.close()
+        if zstd_reader is not None:
+            zstd_reader.close()
 
 
 def _sniff(head: bytes, declared: str, digest: str, media_type: str) -> str:
@@ -135,8 +217,125 @@ class _Prefixed:
         return chunk
 
 
+class GzipMembers:
+    """A gzip stream inflated member after member, as ``gzip -d`` reads one.
+
+    RFC 1952 lets a stream hold several members, and zero bytes may pad the end. The
+    inflater checks each member's header, CRC and length. It is given at most
+    ``INPUT_BYTES`` at a time and asked for at most what the caller wants, so neither
+    side of it grows with what a member expands to.
+    """
+
+    def __init__(self, source: Readable, inflater: Inflater) -> None:
+        self._source = source
+        self._inflater = inflater
+        self._member = inflater.start()
+        self._input = b""  # compressed bytes read, not yet given to an inflater
+        self._ended = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end); b"" at the end."""
+        size = CHUNK if size is None or size < 0 else size
+        parts = []
+        while size > 0 and not self._ended:
+            part = self._inflate(size)
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
+
+    def _inflate(self, size: int) -> bytes:
+        """One step of the inflater: up to ``size`` bytes, maybe none yet."""
+        if self._member.eof:
+            self._next_member()
+            return b""
+        data = self._member.unconsumed_tail or self._take_input()
+        # Called with no input at the end too: an inflater may hold output back.
+        out: bytes = self._member.decompress(data, size)
+        if not out and not data and not self._member.eof:
+            raise EOFError("compressed stream ended before the end of its last member")
+        return out
+
+    def _take_input(self) -> bytes:
+        data, self._input = self._input, b""
+        return data or self._source.read(INPUT_BYTES)
+
+    def _next_member(self) -> None:
+        """Start the member after this one, or end where only zero bytes follow."""
+        rest: bytes = self._member.unused_data
+        while not (rest := rest.lstrip(b"\0")):
+            rest = self._source.read(INPUT_BYTES)
+            if not rest:
+                self._ended = True
+                return
+        self._input = rest
+        self._member = self._inflater.start()
+
+
+class ReadAhead:
+    """Reads a stream in a thread of its own, up to ``BLOCKS_AHEAD`` blocks ahead.
+
+    What the thread does (download, hash, decompress) mostly releases the GIL, so it
+    runs beside whoever reads from here. What it raises is raised to the reader, in
+    order. ``close()`` stops the thread and waits for it, so that it never reads from
+    a stream that its owner closed.
+    """
+
+    def __init__(self, source: Readable, block: int = BLOCK) -> None:
+        self._source = source
+        self._block = block
+        self._ready: queue.Queue[bytes | BaseException] = queue.Queue(BLOCKS_AHEAD)
+        self._stop = threading.Event()
+        self._rest = b""
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="layer-read-ahead", daemon=True)
+        self._thread.start()
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes of the next block; b"" at the end."""
+        if not self._rest and not self._ended:
+            item = self._ready.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            self._rest = item
+            self._ended = not item
+        if size is None or size < 0:
+            size = len(self._rest)
+        data, self._rest = self._rest[:size], self._rest[size:]
+        return data
+
+    def close(self) -> None:
+        self._stop.set()
+        while not self._ready.empty():  # free what was decompressed for nothing
+            self._ready.get_nowait()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._source.read(self._block)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # whatever ends the thread must reach the reader
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        # The timeout only bounds how late a stop is seen; a free slot wakes us at once.
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+
 class Expanded:
-    """The decompressed tar stream, counted, and cut off once it grows past the limit."""
+    """The decompressed tar stream, counted, and cut off once it grows past the limit.
+
+    It also tells its position and seeks forward, so the tar reader skips the contents
+    it does not need without copying them; only the current block can be gone back in.
+    """
 
     def __init__(
         self, reader: Readable, digest: str, kind: str, limit: int, finish: Callable[[], None]
@@ -146,30 +345,71 @@ class Expanded:
         self._kind = kind
         self._limit = limit
         self._finish = finish
-        self.count = 0
+        self._block = b""
+        self._offset = 0  # of the next byte, in the block
+        self._position = 0  # of the next byte, in the stream
+        self.count = 0  # bytes decompressed so far
 
     def read(self, size: int = -1, /) -> bytes:
         # tarfile always asks for a size; a whole-stream read would defeat the limit.
         size = CHUNK if size is None or size < 0 else size
+        parts = []
+        while size > 0 and self._available():
+            part = self._block[self._offset : self._offset + size]
+            self._advance(len(part))
+            parts.append(part)
+            size -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = 0, /) -> int:
+        """Go to ``position`` (from the start): forward as far as the stream goes, or
+        back within the current block."""
+        if whence != 0:
+            raise ValueError("the tar stream seeks from its start only")
+        back = self._position - position
+        if back > self._offset:
+            raise InvalidContent(
+                f"layer {self._digest}: the tar reader went back {back} bytes in the stream"
+            )
+        if back > 0:
+            self._offset -= back
+            self._position = position
+        while self._position < position and self._available():
+            self._advance(min(position - self._position, len(self._block) - self._offset))
+        return self._position
+
+    def drain(self) -> None:
+        """Read (and check) the stream to its end."""
+        while self._available():
+            self._advance(len(self._block) - self._offset)
+
+    def _advance(self, size: int) -> None:
+        self._offset += size
+        self._position += size
+
+    def _available(self) -> bool:
+        """Whether bytes are left, taking the next block when this one is used up."""
+        if self._offset < len(self._block):
+            return True
         try:
-            data = self._reader.read(size)
+            data = self._reader.read(BLOCK)
         except _DECOMPRESSION_ERRORS as exc:
             raise InvalidContent(
                 f"layer {self._digest}: corrupt or truncated {self._kind} stream: {exc}"
             ) from exc
         if not data:
             self._finish()
+            return False
         self.count += len(data)
         if self.count > self._limit:
             raise InvalidContent(
                 f"layer {self._digest} expands to more than the limit of {self._limit} bytes"
             )
-        return data
-
-    def drain(self) -> None:
-        """Read (and check) the stream to its end."""
-        while self.read(CHUNK):
-            pass
+        self._block, self._offset = data, 0
+        return True
 
 
 class _Watched:

@@ -1,10 +1,11 @@
 """The safe tar reader: one layer's tar stream, member by member, into a ``LayerAnalysis``.
 
-``tarfile`` runs in streaming mode: nothing is extracted and the layer is never held
-whole in memory. Only the files a cataloger asks for are copied, into a spool that
-moves to disk past a few MiB. Anything that could hurt a reader that extracts the
-layer (paths escaping the root, devices, FIFOs, corrupt or oversized headers) is
-refused with ``InvalidContent``. Whiteouts and opaque directories are recorded for
+``tarfile`` reads the stream front to back (``Expanded`` seeks forward only, so
+contents nobody wants are skipped without being copied): nothing is extracted and the
+layer is never held whole in memory. Only the files a cataloger asks for are copied,
+into a spool that moves to disk past a few MiB. Anything that could hurt a reader that
+extracts the layer (paths escaping the root, devices, FIFOs, corrupt or oversized
+headers) is refused with ``InvalidContent``. Whiteouts and opaque directories are recorded for
 the overlay merge.
 """
 
@@ -76,9 +77,12 @@ class LayerReader:
     def read(self, expanded: Expanded) -> None:
         """Handle every member of the tar stream."""
         try:
+            # "r:" rather than the streaming "r|": tarfile then seeks past contents
+            # instead of reading them through its own small buffer, and checks that
+            # each member's contents are all there.
             with tarfile.open(
                 fileobj=cast(IO[bytes], expanded),
-                mode="r|",
+                mode="r:",
                 tarinfo=_CheckedTarInfo,
             ) as tar:
                 members = 0
@@ -87,8 +91,8 @@ class LayerReader:
                     if members > self.limits.max_members:
                         raise self._refuse(f"more than {self.limits.max_members} entries")
                     self._member(tar, member)
-                    # Streaming tarfile keeps every header it read otherwise (in an
-                    # attribute its type stubs leave out).
+                    # tarfile keeps every header it read otherwise (in an attribute
+                    # its type stubs leave out).
                     tar.members.clear()  # type: ignore[attr-defined]
         except _HeaderProblem as exc:
             raise self._refuse(str(exc)) from exc
@@ -174,7 +178,7 @@ class LayerReader:
         is_os_file = path in OS_FILES
         if not self.catalogers and not is_os_file:
             return
-        file = tar.extractfile(member)
+        file = _contents(tar, member)
         if file is None:
             return
         head = file.read(HEAD_BYTES)
@@ -214,6 +218,32 @@ class LayerReader:
                 spool.seek(0)
                 self.analysis.os_files[path] = _text(spool.read(OS_FILE_BYTES))
         self.analysis.packages[path] = found
+
+
+def _contents(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes] | None:
+    """The member's contents, read straight from the tar stream, which tarfile has left
+    at them: a head is read from every regular file of a layer, and tarfile's own file
+    object costs more than that read. Sparse members are left to tarfile, which knows
+    where their pieces go."""
+    if member.issparse():
+        return tar.extractfile(member)
+    return cast(IO[bytes], _Contents(cast(Expanded, tar.fileobj), member.size))
+
+
+class _Contents:
+    """The next ``size`` bytes of the stream."""
+
+    def __init__(self, stream: Expanded, size: int) -> None:
+        self._stream = stream
+        self._left = size
+
+    def read(self, size: int = -1, /) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        if len(data) < size:
+            raise tarfile.ReadError("unexpected end of data")  # as tarfile's own says
+        self._left -= len(data)
+        return data
 
 
 def _special_kind(member: tarfile.TarInfo) -> str:

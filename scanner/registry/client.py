@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -69,17 +70,62 @@ _MAX_PAGE_BYTES = 8 << 20
 _MAX_ERROR_BYTES = 8 << 10
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")  # as the distribution spec names them
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_POOL_SIZE = 32  # connections kept open per host
+
+
+class SessionPool:
+    """HTTP sessions kept for a whole process, one per registry and retry policy, so
+    that scans one after another reuse their connections instead of opening (and over
+    TLS, negotiating) new ones. Each session retries for every host, as a client's own
+    does. Clients in several threads may share one: requests' connection pools are
+    thread-safe, and nothing is mounted on a session after it is made.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._sessions: dict[tuple[str, int, float, float], requests.Session] = {}
+
+    def session(
+        self, base_url: str, retries: int, backoff: float, backoff_max: float
+    ) -> requests.Session:
+        """The session for this registry and policy, made the first time it is asked."""
+        key = (base_url, retries, backoff, backoff_max)
+        with self._guard:
+            if key not in self._sessions:
+                self._sessions[key] = _retrying_session(retries, backoff, backoff_max)
+            return self._sessions[key]
+
+    def close(self) -> None:
+        with self._guard:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.close()
+
+
+def _retrying_session(retries: int, backoff: float, backoff_max: float) -> requests.Session:
+    session = requests.Session()
+    # Room for every layer a worker's scans read at once, so none opens a connection
+    # only to throw it away afterwards.
+    adapter = HTTPAdapter(
+        max_retries=retry_policy(retries, backoff, backoff_max), pool_maxsize=_POOL_SIZE
+    )
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    return session
 
 
 class RegistryClient:
     """Talks to one registry. Use as a context manager, or call ``close()``.
 
-    With ``session`` given, the client mounts its retrying adapter for the registry's
-    own URL prefix only and leaves the rest of the session alone; otherwise it owns a
-    session that retries for every host (blob storage a registry redirects to included).
-    Credentials (``auth``) go with each request; requests drops them when a redirect
-    leads to another host, so blob storage never sees them. ``verify`` is requests'
-    TLS check: True (the system's CAs), a CA bundle's path, or False.
+    With ``pool`` given, the client uses the pool's session for the registry and leaves
+    it open when it closes. With ``session`` given, the client mounts its retrying
+    adapter for the registry's own URL prefix only and leaves the rest of the session
+    alone. Otherwise it owns a session that retries for every host (blob storage a
+    registry redirects to included). Credentials (``auth``) go with each request;
+    requests drops them when a redirect leads to another host, so blob storage never
+    sees them. ``verify`` is requests' TLS check: True (the system's CAs), a CA
+    bundle's path, or False; it goes with each request, so clients of one pooled
+    session may check differently.
     """
 
     def __init__(
@@ -92,6 +138,7 @@ class RegistryClient:
         backoff: float = 0.5,
         backoff_max: float = 30.0,
         session: requests.Session | None = None,
+        pool: SessionPool | None = None,
         auth: AuthBase | tuple[str, str] | None = None,
         max_manifest_bytes: int = 4 << 20,
         max_config_bytes: int = 8 << 20,
@@ -110,12 +157,15 @@ class RegistryClient:
         # TLS: True checks the registry's certificate against the system's CAs, a path
         # against the CA certificates in that file, False not at all.
         self._verify = verify
-        self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
-        adapter = HTTPAdapter(max_retries=retry_policy(retries, backoff, backoff_max))
-        prefixes = ("http://", "https://") if self._owns_session else (f"{self.base_url}/",)
-        for prefix in prefixes:
-            self._session.mount(prefix, adapter)
+        self._owns_session = session is None and pool is None
+        if pool is not None:
+            self._session = pool.session(self.base_url, retries, backoff, backoff_max)
+        elif session is not None:
+            self._session = session
+            adapter = HTTPAdapter(max_retries=retry_policy(retries, backoff, backoff_max))
+            self._session.mount(f"{self.base_url}/", adapter)
+        else:
+            self._session = _retrying_session(retries, backoff, backoff_max)
 
     def __enter__(self) -> RegistryClient:
         return self
