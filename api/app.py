@@ -18,6 +18,7 @@ from api.routes import (
     campaigns,
     credentials,
     exports,
+    harbor,
     registry,
     registry_settings,
     scan_settings,
@@ -84,6 +85,8 @@ def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
     versioned.add_api_route("/_ping", ping, methods=["GET"])
     app.include_router(versioned)
     app.add_api_route("/openapi.json", openapi_document, methods=["GET"], include_in_schema=False)
+    # Harbor's pluggable scanner API, at the path Harbor is given: https://REGSCAN/harbor
+    app.include_router(harbor.router)
     health.install(app, health.Readiness(sessions, config.redis_url, schema_head))
     metrics.install(app)
     dashboard.install(app)

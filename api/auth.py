@@ -147,10 +147,8 @@ class Authenticator:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "basic":
             return self._basic(value.strip(), client_of(request))
-        if scheme.lower() == "bearer" and value.strip().startswith(API_TOKEN_PREFIX):
-            return self._api_token(value.strip())
         if scheme.lower() == "bearer":
-            return self._bearer(value.strip())
+            return self.principal_of_token(value.strip())
         raise ApiError(
             401,
             "authentication required: use HTTP Basic (curl -u USER) or a bearer token "

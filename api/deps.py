@@ -122,6 +122,9 @@ def result_filter(
     cve: str | None = Query(None, description="only images affected by this vulnerability"),
     package: str | None = Query(None, description="only images holding this package"),
     packageVersion: str | None = Query(None, description="with package: this version only"),
+    search: str | None = Query(
+        None, max_length=255, description="a substring of the registry, repository or tag"
+    ),
 ) -> ResultFilter:
     """The filters shared by the result list and its exports."""
     if packageVersion is not None and package is None:
@@ -141,6 +144,7 @@ def result_filter(
         cve=cve,
         package=package,
         package_version=packageVersion,
+        search=search or None,
     )
 
 

@@ -1,4 +1,8 @@
-"""Every error leaves the API as JSON ``{"err": "..."}`` with a message saying what to fix."""
+"""Every error leaves the API as JSON ``{"err": "..."}`` with a message saying what to fix.
+
+Under the Harbor adapter's prefix the same message also comes in the shape the pluggable
+scanner spec gives errors, ``{"error": {"message": "..."}}``, with its media type.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,19 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def err(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+HARBOR_PREFIX = "/harbor/"
+HARBOR_ERROR_TYPE = "application/vnd.scanner.adapter.error+json; version=1.0"
+
+
+def err(
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+) -> JSONResponse:
+    if request is not None and request.url.path.startswith(HARBOR_PREFIX):
+        body = {"err": message, "error": {"message": message}}
+        return JSONResponse(body, status, headers, media_type=HARBOR_ERROR_TYPE)
     return JSONResponse({"err": message}, status_code=status, headers=headers)
 
 
@@ -57,25 +73,25 @@ def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return err(exc.status, exc.message, exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return err(exc.status, exc.message, exc.headers, request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint: check the path, e.g. /api/v1/registry"
         if exc.status_code == 405:
             message = "method not allowed on this endpoint"
-        return err(exc.status_code, message, getattr(exc, "headers", None))
+        return err(exc.status_code, message, getattr(exc, "headers", None), request)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return err(400, describe_validation(list(exc.errors())))
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return err(400, describe_validation(list(exc.errors())), request=request)
 
     @app.exception_handler(ValidationError)
-    async def _invalid_body(_request: Request, exc: ValidationError) -> JSONResponse:
-        return err(400, describe_validation(list(exc.errors())))
+    async def _invalid_body(request: Request, exc: ValidationError) -> JSONResponse:
+        return err(400, describe_validation(list(exc.errors())), request=request)
 
     @app.exception_handler(ScanConflict)
     async def _conflict(_request: Request, exc: ScanConflict) -> JSONResponse:

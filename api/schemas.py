@@ -120,6 +120,7 @@ class BulkScanRequest(Strict):
 
 
 SUPPORTED_VERSIONS = {"2": "Docker Registry v2"}
+MAX_COLLECTIONS = 100
 MAX_SPECIFICATIONS = 500
 MAX_PATTERNS = 100  # exclusions per specification
 MAX_CAP = 10_000  # newest tags per repository
@@ -139,6 +140,8 @@ def _glob(kind: str, pattern: str, allowed: re.Pattern[str]) -> str:
 
 
 class Specification(Strict):
+    """One entry of the registry scanning configuration, in the reference shape."""
+
     version: StrictStr = "2"
     registry: StrictStr = Field(max_length=255)
     repository: StrictStr = ""
@@ -149,6 +152,15 @@ class Specification(Strict):
     os: StrictStr = "linux"
     cap: StrictInt = Field(default=5, ge=0, le=MAX_CAP)
     scanners: StrictInt = Field(default=2, ge=1, le=64)
+    # Prisma fields regscan applies (see scheduler/scope.py).
+    namespace: StrictStr = Field(default="", max_length=255)
+    versionPattern: StrictStr = Field(default="", max_length=255)
+    # Prisma fields kept and returned, not acted on.
+    harborDeploymentSecurity: StrictBool = False
+    collections: list[dict[str, Any] | StrictStr] = Field(
+        default_factory=list, max_length=MAX_COLLECTIONS
+    )
+    gitlabRegistrySpec: dict[str, Any] | None = None
 
     @field_validator("version")
     @classmethod
@@ -186,6 +198,16 @@ class Specification(Strict):
     def _excluded_tags(cls, v: list[str]) -> list[str]:
         return [_glob("tag", p, _TAG_GLOB) for p in v]
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return _glob("namespace", v, _REPOSITORY_GLOB)
+
+    @field_validator("versionPattern")
+    @classmethod
+    def _version_pattern(cls, v: str) -> str:
+        return _glob("versionPattern", v, _TAG_GLOB)
+
     @field_validator("os")
     @classmethod
     def _os(cls, v: str) -> str:
@@ -195,7 +217,13 @@ class Specification(Strict):
 
 
 class RegistrySettings(Strict):
+    """``{"specifications": [...]}``, with the read-only fields ``GET`` adds, so that a
+    document read can be written back: they are accepted and ignored."""
+
     specifications: list[Specification] = Field(max_length=MAX_SPECIFICATIONS)
+    id: Any = Field(default=None, alias="_id")
+    webhookUrlSuffix: Any = None
+    harborScannerUrlSuffix: Any = None
 
 
 class Credentials(Strict):

@@ -28,6 +28,33 @@ def item_error_view(item: ImageScan) -> dict[str, Any]:
     }
 
 
+# How a sweep notes a registry whose images it could not list (worker/regular.py).
+DISCOVERY_PREFIX = "discovery in "
+
+
+def job_error_views(error: str | None) -> list[dict[str, Any]]:
+    """A job's own errors (not an image's), each as an entry of a status's ``errors``:
+    a failed discovery names its registry."""
+    views = []
+    for line in (error or "").splitlines():
+        if not line.strip():
+            continue
+        registry, failed = "", line.startswith(DISCOVERY_PREFIX)
+        if failed:
+            registry = line.removeprefix(DISCOVERY_PREFIX).partition(": ")[0]
+        views.append(
+            {
+                "registry": registry,
+                "repo": "",
+                "tag": "",
+                "digest": "",
+                "status": "discovery-failed" if failed else "failed",
+                "err": line,
+            }
+        )
+    return views
+
+
 def result_view(
     result: ScanResult, image: Image | None, tags: list[Tag], findings: Sequence[Finding] = ()
 ) -> dict[str, Any]:

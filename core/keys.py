@@ -61,6 +61,12 @@ regscan:fair:nudged:<team>         "1" for ondemand_requeue_seconds after a reco
                                    published a spare slot because the team's oldest job
                                    had waited that long (its slot may have been lost);
                                    SET NX EX, so one spare per period cluster-wide.
+regscan:pull-auth:<job id>         the HTTP Authorization Harbor gave for pulling the image
+                                   of that on-demand job (``POST /harbor/api/v1/scan``).
+                                   Set by the API before the job is queued, read by the
+                                   worker that scans it, deleted when the job ends; TTL
+                                   ``PULL_AUTHORIZATION_TTL_SECONDS`` if it never ends. It
+                                   is never written to the database or a log.
 =================================  =====================================================
 
 Celery keeps its own keys (the queues of :mod:`core.tasks` and ``unacked*``) in the same
@@ -112,6 +118,13 @@ def login_failures_of_user(username_sha256: str) -> str:
 
 def callback_resent(job_id: int) -> str:
     return f"regscan:callback:resent:{job_id}"
+
+
+PULL_AUTHORIZATION_TTL_SECONDS = 6 * 3600
+
+
+def pull_authorization(job_id: int) -> str:
+    return f"regscan:pull-auth:{job_id}"
 
 
 def stop_flag(job_id: int) -> str:

@@ -94,13 +94,24 @@ class Settings(BaseSettings):
         "before it is read.",
     )
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
-    api_port: int = Field(default=8080, description="Port the API listens on.")
+    api_port: int = Field(default=8080, description="Port the API serves plain HTTP on.")
     trusted_proxies: str = Field(
         default="",
         max_length=4096,
         description="Comma-separated addresses of reverse proxies whose X-Forwarded-For "
         "names the client (failed logins are counted per client). Empty: none, the "
         "connecting address is the client.",
+    )
+    api_tls_port: int = Field(
+        default=8443,
+        description="Port the API serves HTTPS on, when tls_cert_file and tls_key_file are set.",
+    )
+    tls_cert_file: str = Field(
+        default="",
+        description="PEM certificate (chain) the API serves HTTPS with; read again on SIGHUP.",
+    )
+    tls_key_file: str = Field(
+        default="", description="PEM private key of tls_cert_file; read again on SIGHUP."
     )
     token_ttl_seconds: int = Field(default=1800, description="Lifetime of bearer tokens.")
     login_failures: int = Field(
@@ -245,6 +256,11 @@ class Settings(BaseSettings):
         gt=0,
         description="How often a worker adds its counters to the shared totals in Redis.",
     )
+
+    @property
+    def serves_tls(self) -> bool:
+        """Whether the API has a certificate and key to serve HTTPS with."""
+        return bool(self.tls_cert_file and self.tls_key_file)
 
     @property
     def vulndb_locations(self) -> list[str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import String, Text, select
+from sqlalchemy import JSON, Boolean, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, utcnow
@@ -25,6 +26,15 @@ class Credential(Base):
     account_id: Mapped[str] = mapped_column(String(255), default="")
     secret_token: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(String(255), default="")
+    # TLS to the registries of the specifications naming this credential: the CA
+    # certificates (PEM) to trust instead of the system's, or no verification at all.
+    ca_cert: Mapped[str] = mapped_column(Text, default="")
+    skip_verify: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The reference's apiToken, a secret like ``secret_token``: a Fernet token, or "".
+    api_token: Mapped[str] = mapped_column(Text, default="")
+    # Prisma fields kept and returned but not acted on (useAWSRole, accountName,
+    # useSTSRegionalEndpoint), by their Prisma name.
+    reference_fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -46,6 +56,10 @@ def put_credential(
     account_id: str,
     secret_token: str,
     description: str,
+    ca_cert: str = "",
+    skip_verify: bool = False,
+    api_token: str = "",
+    reference_fields: dict[str, Any] | None = None,
 ) -> Credential:
     """Create the credential, or replace every field of the one with this id."""
     row = session.get(Credential, credential_id, with_for_update=True)
@@ -56,6 +70,10 @@ def put_credential(
     row.account_id = account_id
     row.secret_token = secret_token
     row.description = description
+    row.ca_cert = ca_cert
+    row.skip_verify = skip_verify
+    row.api_token = api_token
+    row.reference_fields = reference_fields or {}
     # Set even when nothing changed, so "last modified" means "last saved".
     row.updated_at = utcnow()
     session.flush()

@@ -290,6 +290,7 @@ class ResultFilter:
     cve: str | None = None  # images with a finding of this vulnerability
     package: str | None = None  # images holding this package (by name or source name)
     package_version: str | None = None
+    search: str | None = None  # a substring of the registry, repository or tag (any case)
 
 
 def latest_results(
@@ -321,7 +322,50 @@ def latest_results(
     return session.execute(stmt).all(), total
 
 
+def images_of_job(session: Session, job_id: int) -> list[tuple[ScanResult, Image]]:
+    """What a job's scans stored: each result with its image (platform images of an
+    index each have one), in platform order; failed images have no image and are left
+    out."""
+    stmt = (
+        select(ScanResult, Image)
+        .join(Image, ScanResult.image_id == Image.id)
+        .where(ScanResult.job_id == job_id)
+        .order_by(ScanResult.platform, ScanResult.id)
+    )
+    return [(r, i) for r, i in session.execute(stmt)]
+
+
+def latest_names(
+    session: Session, flt: ResultFilter, *, offset: int, limit: int | None
+) -> list[str]:
+    """``REGISTRY/REPO:TAG`` of each image with a current result, once whatever its
+    platforms, in name order; an untagged one is named by a digest (``REPO@DIGEST``)."""
+    columns = (ScanResult.registry_host, ScanResult.repository, ScanResult.tag)
+    stmt = (
+        _filtered(
+            select(*columns, func.min(ScanResult.digest)).where(ScanResult.is_latest.is_(True)),
+            flt,
+        )
+        .group_by(*columns)
+        .order_by(*columns)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [
+        f"{host}/{repo}:{tag}" if tag else f"{host}/{repo}@{digest}"
+        for host, repo, tag, digest in session.execute(stmt)
+    ]
+
+
 def _filtered(stmt: _Selected, flt: ResultFilter) -> _Selected:
+    if flt.search:
+        stmt = stmt.where(
+            or_(
+                ScanResult.registry_host.icontains(flt.search, autoescape=True),
+                ScanResult.repository.icontains(flt.search, autoescape=True),
+                ScanResult.tag.icontains(flt.search, autoescape=True),
+            )
+        )
     if flt.registry is not None:
         stmt = stmt.where(ScanResult.registry_host == flt.registry)
     if flt.repository is not None:

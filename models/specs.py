@@ -30,6 +30,13 @@ class RegistrySpec(Base):
     os: Mapped[str] = mapped_column(String(32), default="linux")
     cap: Mapped[int] = mapped_column(Integer, default=5)
     scanners: Mapped[int] = mapped_column(Integer, default=2)
+    # Prisma fields regscan applies: repositories only under this namespace (a path
+    # prefix), tags only matching this glob as well as ``tag``.
+    namespace: Mapped[str] = mapped_column(String(255), default="")
+    version_pattern: Mapped[str] = mapped_column(String(255), default="")
+    # Prisma fields regscan keeps and returns but does not act on (harborDeploymentSecurity,
+    # collections, gitlabRegistrySpec), as the user sent them, by their Prisma name.
+    reference_fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 def list_specs(session: Session) -> list[RegistrySpec]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -16,6 +17,9 @@ from core.tasks import QUEUES as QUEUE_NAMES
 from regscan.client import commands as client_commands
 from regscan.client.api import ClientError
 from regscan.errors import CliError
+
+if TYPE_CHECKING:
+    from regscan.serve import Listener
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     api = sub.add_parser("api", help="serve the HTTP API")
     api.add_argument("--host", help="address to listen on (default: REGSCAN_API_HOST)")
-    api.add_argument("--port", type=int, help="port to listen on (default: REGSCAN_API_PORT)")
+    api.add_argument("--port", type=int, help="plain HTTP port (default: REGSCAN_API_PORT)")
+    api.add_argument(
+        "--tls-port",
+        type=int,
+        help="HTTPS port, served when REGSCAN_TLS_CERT_FILE and REGSCAN_TLS_KEY_FILE are set "
+        "(default: REGSCAN_API_TLS_PORT)",
+    )
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
@@ -96,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_vulndb_import)
 
     sa = sub.add_parser("standalone", help="everything on one machine: SQLite, own Redis")
-    sa.add_argument("--port", type=int, default=None, help="API port (default: 8080)")
+    sa.add_argument("--port", type=int, default=None, help="API HTTP port (default: 8080)")
+    sa.add_argument("--tls-port", type=int, default=None, help="API HTTPS port (default: 8443)")
     sa.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
     sa.set_defaults(func=cmd_standalone)
 
@@ -123,34 +134,37 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from api.app import create_app
     from regscan.db import newest_revision
+    from regscan.serve import serve
 
     _require_schema(settings)
+    listeners = _listeners(args, settings)
     try:
         app = create_app(settings, schema_head=newest_revision())
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
-    host = args.host or settings.api_host
-    port = args.port or settings.api_port
-    # X-Forwarded-For is believed from the configured proxies only: from anyone else, a
-    # guesser would name a new client address with every attempt. log_config=None:
-    # uvicorn's lines go through the handler `regscan` set up (the configured format,
-    # secrets masked) instead of its own.
-    proxies = settings.trusted_proxies.strip()
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=False,
-        log_config=None,
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=proxies or None,
-    )
+    serve(app, listeners, trusted_proxies=settings.trusted_proxies.strip())
     return 0
+
+
+def _listeners(args: argparse.Namespace, settings: Settings) -> list[Listener]:
+    """Plain HTTP always (for a TLS-terminating proxy, or curl on the machine), and
+    HTTPS beside it when a certificate and key are configured."""
+    from regscan.serve import Listener, check_certificate
+
+    host = args.host or settings.api_host
+    listeners = [Listener(host, args.port or settings.api_port)]
+    if settings.tls_cert_file or settings.tls_key_file:
+        if not settings.serves_tls:
+            raise CliError("set both REGSCAN_TLS_CERT_FILE and REGSCAN_TLS_KEY_FILE, or neither")
+        try:
+            check_certificate(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot serve HTTPS with {settings.tls_cert_file}: {exc}") from None
+        port = args.tls_port or settings.api_tls_port
+        listeners.append(Listener(host, port, settings.tls_cert_file, settings.tls_key_file))
+    return listeners
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -213,7 +227,7 @@ def cmd_standalone(args: argparse.Namespace, settings: Settings) -> int:
     from regscan.standalone import run
 
     try:
-        return run(settings, api_port=args.port, redis_url=args.redis_url)
+        return run(settings, api_port=args.port, tls_port=args.tls_port, redis_url=args.redis_url)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
 

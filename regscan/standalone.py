@@ -6,6 +6,10 @@ scheduler and two workers (one for regular scans and re-matching, one for on-dem
 scans, so a sweep never delays an on-demand scan), prints where to reach them, and
 stops everything cleanly on Ctrl-C, SIGTERM or SIGHUP. Its children also stop by
 themselves if it dies without stopping them.
+
+The API answers plain HTTP and HTTPS. Unless a certificate is configured, HTTPS uses a
+self-signed one made on first start beside the key file (``regscan-tls.crt`` and
+``regscan-tls.key``), whose SHA-256 fingerprint is printed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from urllib.request import urlopen
 
 from core.secrets import load_or_create_key_file
 from core.settings import Settings
+from regscan import certificate
 from regscan.db import upgrade
 
 STARTUP_SECONDS = 30.0
@@ -42,13 +47,16 @@ class _Stopping(Exception):
     """A stop was asked for while the services were starting."""
 
 
-def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> int:
+def run(
+    settings: Settings, *, api_port: int | None, tls_port: int | None, redis_url: str | None
+) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _on_stop_signal)
     env = dict(os.environ)
     env["REGSCAN_DATABASE_URL"] = settings.database_url
     password = _admin_password(settings, env)
     key_file = _secret_key(settings, env)
+    tls = _tls_files(settings, env)
     upgrade(settings.database_url)
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -56,11 +64,12 @@ def run(settings: Settings, *, api_port: int | None, redis_url: str | None) -> i
             redis_proc, redis_url = _start_redis(_state_dir(settings.database_url))
             children.append(redis_proc)
         env["REGSCAN_REDIS_URL"] = redis_url
-        port = api_port or settings.api_port
-        base = f"http://{settings.api_host}:{port}"
-        children += _start_services(env, settings.api_host, port)
+        ports = (api_port or settings.api_port, tls_port or settings.api_tls_port)
+        base = f"http://{settings.api_host}:{ports[0]}"
+        children += _start_services(env, settings.api_host, ports)
         _wait_for(f"{base}/api/v1/_ping", children)
-        _announce(base, settings, password, redis_url, key_file)
+        https = f"https://{settings.api_host}:{ports[1]}"
+        _announce(base, settings, password, redis_url, key_file, (https, tls))
         return _supervise(children)
     except _Stopping:
         return 0
@@ -96,6 +105,17 @@ def _secret_key(settings: Settings, env: dict[str, str]) -> Path | None:
     return path
 
 
+def _tls_files(settings: Settings, env: dict[str, str]) -> certificate.TlsFiles:
+    """A configured certificate wins; otherwise the standalone's own, made once and kept
+    beside the key file so that clients who pinned it keep trusting it."""
+    if settings.serves_tls:
+        return certificate.TlsFiles(Path(settings.tls_cert_file), Path(settings.tls_key_file))
+    files = certificate.load_or_create(key_file_path(settings.database_url).parent)
+    env["REGSCAN_TLS_CERT_FILE"] = str(files.cert_file)
+    env["REGSCAN_TLS_KEY_FILE"] = str(files.key_file)
+    return files
+
+
 def key_file_path(database_url: str) -> Path:
     """``regscan.key`` in the SQLite database's directory, else in the working directory."""
     if database_url.startswith("sqlite:///"):
@@ -129,10 +149,13 @@ def _start_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def _start_services(env: dict[str, str], host: str, port: int) -> list[subprocess.Popen[bytes]]:
+def _start_services(
+    env: dict[str, str], host: str, ports: tuple[int, int]
+) -> list[subprocess.Popen[bytes]]:
     me = [sys.executable, "-m", "regscan.cli"]
+    api = [*me, "api", "--host", host, "--port", str(ports[0]), "--tls-port", str(ports[1])]
     return [
-        _spawn([*me, "api", "--host", host, "--port", str(port)], env),
+        _spawn(api, env),
         # Re-matching after a data change reads only the database: the sweep's worker has room.
         _spawn([*me, "worker", "--queues", "regular,images,rematch", "--name", "regular@%h"], env),
         # Callbacks wait on other teams' servers, never on a sweep.
@@ -162,7 +185,12 @@ def _dies_with(parent: int) -> Callable[[], None]:
 
 
 def _announce(
-    base: str, settings: Settings, password: str | None, redis_url: str, key_file: Path | None
+    base: str,
+    settings: Settings,
+    password: str | None,
+    redis_url: str,
+    key_file: Path | None,
+    tls: tuple[str, certificate.TlsFiles],
 ) -> None:
     shown = password if password is not None else "(from REGSCAN_ADMIN_PASSWORD)"
     key = (
@@ -173,6 +201,8 @@ def _announce(
     print(
         "\nregscan is running\n"
         f"  API:       {base}/api/v1\n"
+        f"  HTTPS:     {tls[0]}/api/v1 (curl -k, or trust {tls[1].cert_file})\n"
+        f"  SHA-256:   {tls[1].fingerprint}\n"
         f"  user:      {settings.admin_user}\n"
         f"  password:  {shown}\n"
         f"  database:  {settings.database_url}\n"

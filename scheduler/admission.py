@@ -159,15 +159,21 @@ class Admission:
 
     # -- on-demand scans -----------------------------------------------------------
 
-    def request_on_demand(self, ref: ImageRef, requester: Requester) -> ScanJob:
-        """An on-demand scan: never blocked by, and never blocking, a regular scan."""
-        [job] = self.request_on_demand_many([ref], requester)
+    def request_on_demand(
+        self, ref: ImageRef, requester: Requester, *, pull_authorization: str = ""
+    ) -> ScanJob:
+        """An on-demand scan: never blocked by, and never blocking, a regular scan.
+
+        ``pull_authorization`` (an HTTP Authorization value, as Harbor gives one) is what
+        the worker sends the registry for this scan instead of the specification's
+        credential; it is kept in Redis only, for the scan's lifetime (core/keys.py)."""
+        [job] = self.request_on_demand_many([ref], requester, pull_authorization)
         if isinstance(job, OutOfScope):
             raise job
         return job
 
     def request_on_demand_many(
-        self, refs: Sequence[ImageRef], requester: Requester
+        self, refs: Sequence[ImageRef], requester: Requester, pull_authorization: str = ""
     ) -> list[ScanJob | OutOfScope]:
         """One on-demand job per image, all committed together and then published; an
         image outside the configuration gets the reason instead of a job."""
@@ -187,6 +193,14 @@ class Admission:
         queued = [job for job in answers if isinstance(job, ScanJob)]
         ids = [job.id for job in queued]
         with self._or_withdraw(ids):
+            if pull_authorization:
+                # Before the jobs can be taken: their worker must find the credentials.
+                for job_id in ids:
+                    self.redis.set(
+                        keys.pull_authorization(job_id),
+                        pull_authorization,
+                        ex=keys.PULL_AUTHORIZATION_TTL_SECONDS,
+                    )
             fair.push(self.redis, requester.team, ids)
             # One slot per job; which job a slot runs is decided fairly when it runs.
             for _ in ids:

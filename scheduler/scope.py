@@ -2,7 +2,9 @@
 
 A specification names a registry (by host and port), a repository glob and a tag
 glob, minus exclusions. Blank or ``*`` means "all". Matching is case-sensitive
-glob matching (``fnmatch``), as repositories and tags are.
+glob matching (``fnmatch``), as repositories and tags are. Two Prisma fields narrow
+it further: ``namespace`` keeps the repositories under that path, ``versionPattern``
+the tags that also match that glob.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Spec:
     os: str = "linux"
     cap: int = 5
     scanners: int = 2
+    namespace: str = ""
+    version_pattern: str = ""
 
     @classmethod
     def from_row(cls, row: RegistrySpec) -> Spec:
@@ -45,6 +49,8 @@ class Spec:
             os=row.os,
             cap=row.cap,
             scanners=max(1, row.scanners),
+            namespace=row.namespace.strip("/"),
+            version_pattern=row.version_pattern,
         )
 
     @property
@@ -53,12 +59,18 @@ class Spec:
         return not self.repository or any(c in self.repository for c in "*?[")
 
     def covers_repository(self, repository: str) -> bool:
-        return _matches(self.repository, repository) and not _any_match(
-            self.excluded_repositories, repository
+        return (
+            _in_namespace(self.namespace, repository)
+            and _matches(self.repository, repository)
+            and not _any_match(self.excluded_repositories, repository)
         )
 
     def covers_tag(self, tag: str) -> bool:
-        return _matches(self.tag, tag) and not _any_match(self.excluded_tags, tag)
+        return (
+            _matches(self.tag, tag)
+            and _matches(self.version_pattern, tag)
+            and not _any_match(self.excluded_tags, tag)
+        )
 
     @property
     def limits_tags(self) -> bool:
@@ -75,6 +87,11 @@ class Spec:
 
 def _matches(pattern: str, value: str) -> bool:
     return pattern in ("", "*") or fnmatchcase(value, pattern)
+
+
+def _in_namespace(namespace: str, repository: str) -> bool:
+    """Blank is every repository; otherwise the namespace itself and the paths under it."""
+    return not namespace or repository == namespace or repository.startswith(namespace + "/")
 
 
 def _any_match(patterns: Iterable[str], value: str) -> bool:

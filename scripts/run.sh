@@ -4,7 +4,8 @@
 # On a fresh Debian machine (as root) it installs what regscan needs (Python, venv,
 # redis-server), installs regscan into .venv, and runs `regscan standalone`: migrations
 # on a SQLite file in the working directory, a redis-server of its own, the API on
-# http://127.0.0.1:8080 and two workers. Ctrl-C stops everything.
+# http://127.0.0.1:8080 and https://127.0.0.1:8443 (a self-signed certificate made on
+# first start) and two workers. Ctrl-C stops everything.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -21,12 +21,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import requests
+import urllib3
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 """Debian's build of the CNCF distribution registry (``apt-get install docker-registry``)."""
@@ -278,6 +280,7 @@ class RegistryServer(_Process):
     one to push through and a protected one, can serve the same images.
     ``redirect_blobs_to`` (a base URL) answers blob downloads with a redirect to that URL
     plus the blob's path under the storage root, as registries backed by object storage do.
+    ``tls`` (a certificate file and its key file) serves HTTPS instead of plain HTTP.
     """
 
     name = "registry"
@@ -293,6 +296,7 @@ class RegistryServer(_Process):
         htpasswd: Path | None = None,
         token_auth: dict[str, str] | None = None,
         redirect_blobs_to: str | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         if htpasswd is not None and token_auth is not None:
             raise ValueError("a registry takes one of htpasswd and token_auth, not both")
@@ -303,6 +307,7 @@ class RegistryServer(_Process):
         self.htpasswd = htpasswd
         self.token_auth = token_auth
         self.redirect_blobs_to = redirect_blobs_to
+        self.tls = tls
         self.binary = binary
         self.config_path: Path | None = None
 
@@ -313,8 +318,8 @@ class RegistryServer(_Process):
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` when serving TLS)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def config(self, port: int, storage_dir: Path) -> dict[str, Any]:
         """The registry configuration for a given port and storage directory."""
@@ -339,6 +344,8 @@ class RegistryServer(_Process):
             config["auth"] = {"htpasswd": {"realm": "regscan-test", "path": str(self.htpasswd)}}
         if self.token_auth is not None:
             config["auth"] = {"token": dict(self.token_auth)}
+        if self.tls is not None:
+            config["http"]["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         if self.redirect_blobs_to is not None:
             redirect = {"name": "redirect", "options": {"baseurl": self.redirect_blobs_to}}
             config["middleware"] = {"storage": [redirect]}
@@ -354,7 +361,10 @@ class RegistryServer(_Process):
 
     def _is_ready(self) -> bool:
         try:
-            response = requests.get(f"{self.url}/v2/", timeout=1)
+            # Up is what matters here, not whom its certificate names.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                response = requests.get(f"{self.url}/v2/", timeout=1, verify=False)
         except requests.RequestException:
             return False
         # A protected registry answers its challenge once it is up.

@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from testbed.services import free_port
+from testbed.tls import ServerCertificate
 
 ADMIN = ("admin", "test-admin-password")
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -124,14 +125,35 @@ class Api:
 
 
 class Stack:
-    """The API and the workers of one backend, as separate processes."""
+    """The API and the workers of one backend, as separate processes.
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
+    With ``tls`` the API also serves HTTPS with that certificate, on :attr:`tls_port`
+    (:attr:`https_base`); the plain HTTP port stays.
+    """
+
+    def __init__(
+        self, env: dict[str, str], logs: Path, tls: ServerCertificate | None = None
+    ) -> None:
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
+        if tls is not None:
+            env = {
+                **env,
+                "REGSCAN_TLS_CERT_FILE": str(tls.cert_file),
+                "REGSCAN_TLS_KEY_FILE": str(tls.key_file),
+                "REGSCAN_API_TLS_PORT": str(self.tls_port),
+            }
+        self.env = env
         self.api = Api(f"http://127.0.0.1:{self.port}")
+
+    @property
+    def https_base(self) -> str:
+        """``https://127.0.0.1:PORT`` of the API's TLS listener."""
+        assert self.tls_port is not None, "this stack serves no HTTPS"
+        return f"https://127.0.0.1:{self.tls_port}"
 
     def _spawn(
         self, name: str, *args: str, env: dict[str, str] | None = None
@@ -159,6 +181,9 @@ class Stack:
         """A second API process on the same database and Redis, on a port of its own,
         with ``env`` added to (or overriding) the stack's environment; its admin client."""
         port = free_port()
+        if self.tls is not None:
+            # Its HTTPS listener needs a port of its own too.
+            env = {"REGSCAN_API_TLS_PORT": str(free_port()), **(env or {})}
         self._spawn(name, "api", "--port", str(port), env=env)
         client = Api(f"http://127.0.0.1:{port}")
         wait_for(lambda: _answers(client), 30, f"API {name} to answer")

@@ -6,9 +6,10 @@
 - databases: ``database_url``, once per backend (SQLite always, PostgreSQL when one
   answers), the schema built by running the migrations.
 - the process stack: ``stack``, ``api`` and ``db``: the real API and real workers as
-  processes, over the real Redis and the database under test. Each backend gets its own
-  database, Redis database number and set of processes; tests keep out of each other's
-  way by using repository names of their own (``name``).
+  processes, over the real Redis and the database under test; the API serves HTTPS
+  too, with ``api_certificate``. Each backend gets its own database, Redis database
+  number and set of processes; tests keep out of each other's way by using repository
+  names of their own (``name``).
 
 The fast lane is ``pytest -m "not e2e and not slow"``. Tests that use the process stack
 are marked ``e2e`` here, and tests that use a fixture built by a compiler or a package
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from core.secrets import generate_key
 from models.db import make_engine, make_sessionmaker
 from regscan.db import upgrade
 from scanner.registry.client import RegistryClient
@@ -42,6 +44,7 @@ from testbed.stack import (
     Stack,
     wait_for,
 )
+from testbed.tls import ServerCertificate, TestCA
 
 # Fixtures that run the API and workers as processes (``keyed`` is test_credentials'
 # stack with a secret key): a test using one, directly or through another, is ``e2e``.
@@ -181,7 +184,24 @@ _redis_db = iter(range(1, 16))
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Iterator[Stack]:
+def api_ca(tmp_path_factory) -> TestCA:
+    """The CA of this run that signs the API's certificates."""
+    return TestCA(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def api_certificate(api_ca: TestCA) -> ServerCertificate:
+    """The API's TLS certificate (``ca_file`` trusts it)."""
+    return api_ca.issue("regscan-api")
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database_url: str,
+    redis_server: RedisServer,
+    api_certificate: ServerCertificate,
+    tmp_path_factory,
+) -> Iterator[Stack]:
     upgrade(database_url)
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_redis_db)}"
     env = {
@@ -194,9 +214,12 @@ def stack(database_url: str, redis_server: RedisServer, tmp_path_factory) -> Ite
         "REGSCAN_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "REGSCAN_CALLBACK_SECRET": CALLBACK_SECRET,
         "REGSCAN_METRICS_TOKEN": METRICS_TOKEN,
+        # Credentials can be stored (encrypted under this key).
+        "REGSCAN_SECRET_KEY": generate_key(),
     }
     logs = tmp_path_factory.mktemp("logs")
-    s = Stack(env, logs)
+    # The API serves HTTPS too, as the reference console does: the SDK insists on it.
+    s = Stack(env, logs, tls=api_certificate)
     try:
         s.start_api()
         s.start_worker("regular", "regular,images")

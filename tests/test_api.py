@@ -91,7 +91,8 @@ def test_bad_specifications_are_refused_and_keep_the_configuration(api: Api, nam
     good = spec("http://127.0.0.1:5999", f"{name}/*")
     api.set_specs(good)
     for bad, message in [
-        ({**good, "collections": ["x"]}, "collections: unknown field"),
+        ({**good, "colections": ["x"]}, "colections: unknown field"),
+        ({**good, "collections": "x"}, "collections"),
         ({**good, "cap": -1}, "cap"),
         ({**good, "scanners": "2"}, "scanners"),
         ({**good, "version": "aws"}, "not supported"),

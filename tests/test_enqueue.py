@@ -42,6 +42,7 @@ PUBLIC = {"/api/v{version}/_ping", "/api/v{version}/authenticate"}
 ADMIN_READS = {
     "/api/v{version}/tokens",
     "/api/v{version}/credentials",
+    "/api/v{version}/credentials/{credential_id}/usages",
     "/api/v{version}/callbacks/key",
 }
 # What any logged-in caller may do to itself, whatever its role.
@@ -126,6 +127,8 @@ CASES = [
     Case("PUT", "/settings/registry?scanLater=true", "admin", body=_specs),
     Case("GET", "/credentials", "admin"),
     Case("DELETE", "/credentials/none-such", "admin", ok=404),
+    Case("GET", "/credentials/none-such/usages", "admin", ok=404),
+    Case("GET", "/registry/names", "viewer"),
     Case("GET", "/tokens", "admin"),
     Case("POST", "/tokens", "admin", body=lambda _i: {"name": "n", "team": "t", "role": "viewer"}),
     Case("DELETE", "/tokens/{id}", "admin", prepare=_spare_token),

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from core import keys
 from core.logs import log_context
+from core.requester import HARBOR_SOURCE
 from models import (
     Image,
     ImageScan,
@@ -45,8 +46,11 @@ WRITE_TRIES = 3
 WRITE_BACKOFF = 0.2  # seconds before the second try; doubled before each next one
 
 
-def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True) -> None:
-    """Scan one item of a job. A stale or duplicate message returns without effect."""
+def scan_item(
+    rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True, pull_authorization: str = ""
+) -> None:
+    """Scan one item of a job. A stale or duplicate message returns without effect.
+    ``pull_authorization`` replaces the specification's credential for this scan."""
     with transaction(rt.sessions) as session:
         item = image_scans.claim_item(session, item_id, attempt)
     if item is None:
@@ -58,7 +62,7 @@ def scan_item(rt: Runtime, item_id: int, attempt: int, *, stoppable: bool = True
     with log_context(job=item.job_id, image=name), image_scan(kind) as outcome:
         try:
             checkpoint()
-            found = _scan(rt, item, checkpoint)
+            found = _scan(rt, item, checkpoint, pull_authorization)
         except ScanStopped:
             outcome.skipped()
             _write(rt, item, attempt, ItemStatus.SKIPPED, None)
@@ -105,18 +109,25 @@ def scan_on_demand(rt: Runtime, job_id: int, *, resume: int | None = None) -> bo
                 return False
             attempt = job.attempts
             team, target = job.team, job.target_name
+            from_harbor = job.source == HARBOR_SOURCE
             image_scans.reset_in_flight(session, job_id)
             handed = image_scans.queue_items(session, job_id, None, 1, None)
+        pull = rt.pull_authorization(job_id) if from_harbor else ""
         with log_context(job=job_id, team=team, image=target):
-            _run_on_demand(rt, job_id, handed)
+            _run_on_demand(rt, job_id, handed, pull)
+        if from_harbor:
+            # Credentials given for this scan alone do not outlive it.
+            rt.forget_pull_authorization(job_id)
     except SERVICES_AWAY as exc:
         raise Interrupted(job_id, attempt) from exc
     return True
 
 
-def _run_on_demand(rt: Runtime, job_id: int, handed: list[tuple[int, int]]) -> None:
+def _run_on_demand(
+    rt: Runtime, job_id: int, handed: list[tuple[int, int]], pull_authorization: str
+) -> None:
     for item_id, item_attempt in handed:
-        scan_item(rt, item_id, item_attempt, stoppable=False)
+        scan_item(rt, item_id, item_attempt, stoppable=False, pull_authorization=pull_authorization)
     with transaction(rt.sessions) as session:
         counts = image_scans.item_counts(session, job_id)
         failed = counts.get(ItemStatus.FAILED, 0) > 0
@@ -129,14 +140,18 @@ def _run_on_demand(rt: Runtime, job_id: int, handed: list[tuple[int, int]]) -> N
 Found = list[tuple[PlatformImage, Inventory | None]]
 
 
-def _scan(rt: Runtime, item: ImageScan, checkpoint: Callable[[], None]) -> Found:
+def _scan(
+    rt: Runtime, item: ImageScan, checkpoint: Callable[[], None], pull_authorization: str = ""
+) -> Found:
     """Each platform image of the item, with its inventory (None: unchanged since the
     last scan by this analyser version, so nothing was downloaded for it)."""
     reference = item.digest or item.tag or "latest"
     known = KnownImages(rt, item.registry_host, item.repository)
     # Only the specification's os: a Linux scan leaves out the Windows images of an index.
     platforms = {item.os} if item.os else None
-    with rt.registry_client(item.registry_url, item.credential_id) as client:
+    with rt.registry_client(
+        item.registry_url, item.credential_id, pull_authorization=pull_authorization
+    ) as client:
         if item.tag and item.digest:
             _check_tag_points_at(client, item)
         images = resolve_image(

@@ -1,15 +1,18 @@
 """``/credentials``: registry accounts that specifications name by ``credentialID``.
 
-Shaped like the reference credentials store. The secret is encrypted on arrival
-(``core.secrets``) and never leaves again: no response and no log line holds it.
+Shaped like the reference credentials store. The secret (and an ``apiToken``) is
+encrypted on arrival (``core.secrets``) and never leaves again: no response and no log
+line holds it. ``caCert`` and ``skipVerify`` set how workers check the TLS of the
+registries using the credential; the other Prisma fields are kept and returned only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cryptography import x509
 from fastapi import APIRouter
-from pydantic import Field, StrictStr, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictStr, field_validator, model_validator
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import Admin, RawBody, State
@@ -28,6 +31,13 @@ router = APIRouter()
 # Docker token flow with those credentials). "dtr" is Docker Trusted Registry's name for it.
 SUPPORTED_TYPES = ("basic", "dtr")
 MAX_SECRET_CHARS = 64 << 10
+MAX_CA_CERT_CHARS = 256 << 10
+# Prisma fields kept as sent and returned, not acted on, with their defaults.
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "useAWSRole": False,
+    "accountName": "",
+    "useSTSRegionalEndpoint": False,
+}
 
 
 class Secret(Strict):
@@ -50,12 +60,52 @@ class Secret(Strict):
         return self
 
 
+class OptionalSecret(Strict):
+    """A secret that may be left out, as the reference's ``apiToken`` often is."""
+
+    encrypted: StrictStr = ""
+    plain: StrictStr = Field(default="", max_length=MAX_SECRET_CHARS)
+
+    @model_validator(mode="after")
+    def _plain_only(self) -> OptionalSecret:
+        if self.encrypted:
+            raise ValueError('send the token as {"plain": "..."}; it is encrypted before storing')
+        return self
+
+
 class CredentialIn(Strict):
     id: StrictStr = Field(alias="_id")
     type: StrictStr = "basic"
     accountID: StrictStr
     secret: Secret
     description: StrictStr = Field(default="", max_length=255)
+    caCert: StrictStr = Field(default="", max_length=MAX_CA_CERT_CHARS)
+    skipVerify: StrictBool = False
+    apiToken: OptionalSecret = Field(default_factory=OptionalSecret)
+    useAWSRole: StrictBool = False
+    accountName: StrictStr = Field(default="", max_length=255)
+    useSTSRegionalEndpoint: StrictBool = False
+    # Read-only in GET /credentials: accepted back and ignored.
+    lastModified: Any = None
+
+    @field_validator("caCert")
+    @classmethod
+    def _ca_cert(cls, v: str) -> str:
+        if not v.strip():
+            return ""
+        try:
+            x509.load_pem_x509_certificates(v.encode())
+        except ValueError:
+            raise ValueError(
+                "must be PEM CA certificates (-----BEGIN CERTIFICATE-----...), "
+                "the CAs that signed the registry's certificate"
+            ) from None
+        return v
+
+    @field_validator("apiToken", mode="before")
+    @classmethod
+    def _token_string(cls, v: Any) -> Any:
+        return {"plain": v} if isinstance(v, str) else v
 
     @field_validator("id")
     @classmethod
@@ -104,6 +154,9 @@ def credential_view(row: Credential) -> dict[str, Any]:
         "accountID": row.account_id,
         "description": row.description,
         "lastModified": ts(row.updated_at),
+        "caCert": row.ca_cert,
+        "skipVerify": row.skip_verify,
+        **{**REFERENCE_DEFAULTS, **(row.reference_fields or {})},
     }
 
 
@@ -132,12 +185,16 @@ def put_credential(_caller: Admin, state: State, body: RawBody) -> dict[str, Any
             '"secret": {"plain": "PASSWORD"}}',
         )
     cred = CredentialIn.model_validate(payload)
-    token = _box(state).encrypt(cred.secret.plain)
+    box = _box(state)
     fields = {
         "type": cred.type,
         "account_id": cred.accountID,
-        "secret_token": token,
+        "secret_token": box.encrypt(cred.secret.plain),
         "description": cred.description,
+        "ca_cert": cred.caCert,
+        "skip_verify": cred.skipVerify,
+        "api_token": box.encrypt(cred.apiToken.plain) if cred.apiToken.plain else "",
+        "reference_fields": {name: getattr(cred, name) for name in REFERENCE_DEFAULTS},
     }
     try:
         return _save(state, cred.id, fields)
@@ -146,9 +203,29 @@ def put_credential(_caller: Admin, state: State, body: RawBody) -> dict[str, Any
         return _save(state, cred.id, fields)
 
 
-def _save(state: State, credential_id: str, fields: dict[str, str]) -> dict[str, Any]:
+def _save(state: State, credential_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     with transaction(state.sessions) as session:
         return credential_view(store.put_credential(session, credential_id, **fields))
+
+
+@router.get("/credentials/{credential_id}/usages")
+def credential_usages(_caller: Admin, state: State, credential_id: str) -> list[dict[str, Any]]:
+    """The specifications that use a credential, as the reference lists usages."""
+    with state.sessions() as session:
+        if store.get_credential(session, credential_id) is None:
+            raise ApiError(
+                404, f"no credential {credential_id!r}: GET /api/v1/credentials lists them"
+            )
+        users = store.specs_using(session, credential_id)
+    return [
+        {
+            "type": "registry",
+            "description": f"{s.address} {s.repository or '*'}",
+            "registry": s.address,
+            "repository": s.repository,
+        }
+        for s in users
+    ]
 
 
 @router.delete("/credentials/{credential_id}")

@@ -8,25 +8,15 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from decimal import Decimal
 from typing import Any
 
-from cyclonedx.model.bom import Bom
-from cyclonedx.model.component import Component, ComponentType
-from cyclonedx.model.vulnerability import (
-    BomTarget,
-    Vulnerability,
-    VulnerabilityRating,
-    VulnerabilityScoreSource,
-    VulnerabilitySeverity,
-)
 from cyclonedx.output.json import JsonV1Dot6
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
-from packageurl import PackageURL
 
 from api.deps import Filter, State, User
 from api.errors import ApiError
+from api.sbom import sbom
 from models import Finding, Image, ScanResult, findings, results
 from models.results import ResultFilter
 
@@ -51,7 +41,13 @@ class CycloneDxResponse(Response):
 @router.get("/registry/download", response_class=CsvResponse)
 def download(_user: User, state: State, flt: Filter) -> StreamingResponse:
     """One CSV row per image and finding (an image without findings gets one row)."""
-    headers = {"Content-Disposition": 'attachment; filename="registry-scan-results.csv"'}
+    headers = {
+        "Content-Disposition": 'attachment; filename="registry-scan-results.csv"',
+        # Exactly "text/csv", as the reference sends: the Prisma Cloud SDK's download
+        # helpers compare the media type whole. From media_type alone, Starlette would
+        # add "; charset=utf-8" (the text is UTF-8 all the same).
+        "Content-Type": "text/csv",
+    }
     return CsvResponse(_csv_rows(state, flt), headers=headers)
 
 
@@ -141,83 +137,3 @@ def _one(images: list[tuple[ScanResult, Image]]) -> tuple[ScanResult, Image]:
         choices = ", ".join(sorted(f"{h}/{repo}:{t} ({p})" for h, repo, t, p in names)[:10])
         raise ApiError(400, f"several images match ({choices}); narrow with name= and platform=")
     return images[0]
-
-
-def sbom(result: ScanResult, image: Image, found: list[Finding]) -> Bom:
-    bom = Bom()
-    bom.metadata.component = Component(
-        type=ComponentType.CONTAINER,
-        name=f"{result.registry_host}/{result.repository}",
-        version=result.tag or image.digest,
-        bom_ref=image.digest,
-    )
-    components: dict[tuple[str, str], list[Component]] = {}
-    for n, p in enumerate(image.packages):
-        component = Component(
-            type=ComponentType.LIBRARY,
-            name=p["name"],
-            version=p["version"],
-            purl=purl(p, image.os_distro),
-            bom_ref=f"pkg-{n}",
-        )
-        components.setdefault((p["type"], p["name"]), []).append(component)
-        bom.components.add(component)
-    for f in found:
-        # OS findings name the source package; the components are its binaries.
-        names = f.detail.get("binaryPkgs") or [f.package_name]
-        affected = [c for name in names for c in components.get((f.package_type, name), [])]
-        _add_vulnerability(bom, f, affected)
-    return bom
-
-
-def _add_vulnerability(bom: Bom, f: Finding, affected: list[Component]) -> None:
-    ratings = []
-    if f.cvss is not None or f.severity:
-        ratings.append(
-            VulnerabilityRating(
-                score=Decimal(str(f.cvss)) if f.cvss is not None else None,
-                severity=_severity(f.severity),
-                method=VulnerabilityScoreSource.CVSS_V3 if f.detail.get("vecStr") else None,
-                vector=f.detail.get("vecStr") or None,
-            )
-        )
-    affects = [BomTarget(ref=str(c.bom_ref.value)) for c in affected]
-    bom.vulnerabilities.add(
-        Vulnerability(
-            id=f.vuln_id,
-            bom_ref=f"{f.vuln_id}/{f.package_name}/{f.package_version}",
-            description=f.detail.get("description") or None,
-            ratings=ratings,
-            affects=affects,
-        )
-    )
-
-
-def _severity(name: str) -> VulnerabilitySeverity:
-    try:
-        return VulnerabilitySeverity(name.lower())
-    except ValueError:
-        return VulnerabilitySeverity.UNKNOWN
-
-
-# purl types of OS packages, by the database they were found in
-_OS_PURL = (("var/lib/dpkg", "deb"), ("lib/apk", "apk"), ("rpm", "rpm"))
-_LANG_PURL = {"python": "pypi", "nodejs": "npm", "go": "golang", "jar": "maven"}
-
-
-def purl(p: dict[str, Any], distro: str) -> PackageURL | None:
-    """The package URL of an inventory entry (https://github.com/package-url/purl-spec);
-    None for a name no package URL can hold (an image's files say what they like)."""
-    if p["type"] == "package":
-        kind = next(
-            (t for prefix, t in _OS_PURL if p["path"].startswith(prefix) or prefix in p["path"]),
-            "generic",
-        )
-        namespace, name = distro or None, p["name"]
-    else:
-        kind = _LANG_PURL.get(p["type"], "generic")
-        namespace, _, name = p["name"].rpartition(":" if kind == "maven" else "/")
-    try:
-        return PackageURL(kind, namespace or None, name, p["version"] or None)
-    except ValueError:
-        return None

@@ -73,6 +73,7 @@ def stop_scan(_caller: Operator, state: State) -> dict[str, Any]:
     return {"stopped": job_view(job), "message": f"regular scan {job.id} is stopping"}
 
 
+FIELDS = Query(None, description="only these fields of each result (comma-separated or repeated)")
 SortField = Literal["scanTime", "registry", "repository", "repo", "tag", "id"]
 
 
@@ -86,6 +87,8 @@ def list_results(
     limit: int = Query(50, ge=1, le=250),
     sort: SortField | None = None,
     reverse: bool = False,
+    compact: bool = Query(False, description="leave out packages, vulnerabilities and layers"),
+    fields: list[str] | None = FIELDS,
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
         rows, total = results.latest_results(
@@ -104,7 +107,46 @@ def list_results(
             for r, image in rows
         ]
     response.headers["Total-Count"] = str(total)
-    return body
+    return [_shaped(entry, compact, _field_names(fields)) for entry in body]
+
+
+# What ``compact`` leaves out: the long lists. Counts and the distribution stay.
+COMPACT_DROPS = ("packages", "vulnerabilities", "layers")
+MAX_FIELDS = 100
+
+
+def _field_names(fields: list[str] | None) -> set[str]:
+    values = fields or []
+    names = {name.strip() for value in values for name in value.split(",") if name.strip()}
+    if len(names) > MAX_FIELDS:
+        raise ApiError(400, f"fields names {len(names)} fields; at most {MAX_FIELDS} are accepted")
+    return names
+
+
+def _shaped(entry: dict[str, Any], compact: bool, fields: set[str]) -> dict[str, Any]:
+    """A result as asked: only ``fields`` (names no result has are left out), and without
+    the long lists when ``compact``."""
+    if fields:
+        entry = {k: v for k, v in entry.items() if k in fields}
+    if compact:
+        entry = {k: v for k, v in entry.items() if k not in COMPACT_DROPS}
+    return entry
+
+
+@router.get("/registry/names")
+def image_names(
+    _user: User,
+    state: State,
+    flt: Filter,
+    offset: int = Query(0, ge=0),
+    limit: int | None = Query(None, ge=1, description="at most this many names (default: all)"),
+) -> list[str]:
+    """The names of the images with a current result, as plain strings.
+
+    No ``Total-Count`` header: the Prisma Cloud SDK reads one as the sign of a paged list
+    and would ask again for pages this call does not page."""
+    with state.sessions() as session:
+        return results.latest_names(session, flt, offset=offset, limit=limit)
 
 
 @router.get("/registry/scans")
@@ -198,6 +240,8 @@ def _progress_entry(job: ScanJob | None, kind: str) -> dict[str, Any]:
 
 @router.get("/statuses/registry")
 def registry_status(_user: User, state: State) -> dict[str, Any]:
+    """The last regular scan: whether it completed, its counts, and what went wrong, per
+    image and per registry whose images could not be listed (its discovery failed)."""
     with state.sessions() as session:
         job = jobs.latest_regular_job(session)
         errors = (
@@ -205,7 +249,10 @@ def registry_status(_user: User, state: State) -> dict[str, Any]:
             if job
             else []
         )
+    job_errors = views.job_error_views(job.error if job else None)
     return {
+        "err": (job.error or "") if job else "",
+        "discoveryFailed": sum(1 for e in job_errors if e["status"] == "discovery-failed"),
         "completed": job is None or job.status.is_final,
         "status": job.status.value if job else None,
         "scanID": job.id if job else None,
@@ -213,5 +260,5 @@ def registry_status(_user: User, state: State) -> dict[str, Any]:
         "scanned": job.images_scanned if job else 0,
         "failed": job.images_failed if job else 0,
         "time": ts(job.finished_at or job.started_at) if job else None,
-        "errors": errors,
+        "errors": job_errors + errors,
     }

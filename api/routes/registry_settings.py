@@ -36,7 +36,18 @@ def spec_view(row: RegistrySpec) -> dict[str, Any]:
         "os": row.os,
         "cap": row.cap,
         "scanners": row.scanners,
+        "namespace": row.namespace,
+        "versionPattern": row.version_pattern,
+        **{**_REFERENCE_DEFAULTS, **(row.reference_fields or {})},
     }
+
+
+# Prisma fields stored as sent and returned, but not acted on, with their defaults.
+_REFERENCE_DEFAULTS: dict[str, Any] = {
+    "harborDeploymentSecurity": False,
+    "collections": [],
+    "gitlabRegistrySpec": None,
+}
 
 
 def _row_fields(spec: Specification) -> dict[str, Any]:
@@ -52,6 +63,9 @@ def _row_fields(spec: Specification) -> dict[str, Any]:
         "os": spec.os,
         "cap": spec.cap,
         "scanners": spec.scanners,
+        "namespace": spec.namespace,
+        "version_pattern": spec.versionPattern,
+        "reference_fields": {name: getattr(spec, name) for name in _REFERENCE_DEFAULTS},
     }
 
 
@@ -61,7 +75,12 @@ def get_registry_settings(caller: Viewer, state: State) -> dict[str, Any]:
     with state.sessions() as session:
         specs = [spec_view(r) for r in spec_store.list_specs(session)]
     secret = webhook_secret(state.settings) if caller.may("admin") else None
-    return {"specifications": specs, "webhookUrlSuffix": f"?secret={secret}" if secret else ""}
+    return {
+        "specifications": specs,
+        "webhookUrlSuffix": f"?secret={secret}" if secret else "",
+        # Where Harbor reaches regscan as its pluggable scanner, after the server's address.
+        "harborScannerUrlSuffix": "/harbor",
+    }
 
 
 @router.put("/settings/registry", openapi_extra=body(RegistrySettings))

@@ -11,7 +11,7 @@ without asking any registry). Downgrading drops the new tables and leaves the im
 be matched again the same way.
 
 Revision ID: 0008
-Revises: ba30dade069c
+Revises: 0007
 Create Date: 2026-12-02 03:47:18.272099
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "ba30dade069c"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

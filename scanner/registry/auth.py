@@ -124,12 +124,16 @@ class RegistryAuth(AuthBase):
         *,
         timeout: tuple[float, float] = (5.0, 30.0),
         retries: int = 2,
+        verify: bool | str = True,
     ) -> None:
         self.registry_origin = origin(registry_url)
         self.username = username
         self._password = password
         self._timeout = timeout
         self._session = requests.Session()
+        # The token server is checked as the registry is (requests' ``verify``).
+        self._session.verify = verify
+        self.verify = verify
         retry = Retry(
             total=retries,
             backoff_factor=0.5,
@@ -150,9 +154,9 @@ class RegistryAuth(AuthBase):
         scheme, host, port = self.registry_origin
         return f"RegistryAuth({scheme}://{host}:{port}, account={self.username!r})"
 
-    def uses(self, username: str, password: str) -> bool:
-        """True when this instance was made for exactly this account."""
-        return (username, password) == (self.username, self._password)
+    def uses(self, username: str, password: str, verify: bool | str = True) -> bool:
+        """True when this instance was made for exactly this account and TLS check."""
+        return (username, password, verify) == (self.username, self._password, self.verify)
 
     def close(self) -> None:
         """Close the token server session."""
@@ -334,3 +338,21 @@ def _status_line(status: int) -> str:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
         return str(status)
+
+
+class FixedAuthorization(AuthBase):
+    """Sends one given ``Authorization`` value (say ``Bearer <token>``, as Harbor may hand
+    a scanner) with every request to the registry's origin, and to nothing else."""
+
+    def __init__(self, registry_url: str, authorization: str) -> None:
+        self.registry_origin = origin(registry_url)
+        self._authorization = authorization
+
+    def __repr__(self) -> str:
+        scheme, host, port = self.registry_origin
+        return f"FixedAuthorization({scheme}://{host}:{port})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if origin(request.url or "") == self.registry_origin:
+            request.headers["Authorization"] = self._authorization
+        return request

@@ -123,7 +123,9 @@ class RegistryClient:
     alone. Otherwise it owns a session that retries for every host (blob storage a
     registry redirects to included). Credentials (``auth``) go with each request;
     requests drops them when a redirect leads to another host, so blob storage never
-    sees them.
+    sees them. ``verify`` is requests' TLS check: True (the system's CAs), a CA
+    bundle's path, or False; it goes with each request, so clients of one pooled
+    session may check differently.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class RegistryClient:
         auth: AuthBase | tuple[str, str] | None = None,
         max_manifest_bytes: int = 4 << 20,
         max_config_bytes: int = 8 << 20,
+        verify: bool | str = True,
     ) -> None:
         address = parse_registry(base_url)
         self.base_url = address.base_url
@@ -151,6 +154,9 @@ class RegistryClient:
         self.max_config_bytes = max_config_bytes
         self._timeout = (connect_timeout, read_timeout)
         self._auth = auth
+        # TLS: True checks the registry's certificate against the system's CAs, a path
+        # against the CA certificates in that file, False not at all.
+        self._verify = verify
         self._owns_session = session is None and pool is None
         if pool is not None:
             self._session = pool.session(self.base_url, retries, backoff, backoff_max)
@@ -361,7 +367,13 @@ class RegistryClient:
         headers = {**(headers or {}), **({"Accept": accept} if accept else {})}
         try:
             response = self._session.request(
-                method, url, headers=headers, auth=self._auth, timeout=self._timeout, stream=True
+                method,
+                url,
+                headers=headers,
+                auth=self._auth,
+                timeout=self._timeout,
+                stream=True,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"{what} unavailable: {failure(exc, self.retries)}") from exc
