@@ -15,15 +15,20 @@ scan stored, without asking a registry anything. This compares, in the same run:
   B  first match  10,000 stored images (100-300 packages each, drawn from a package
                 pool, Debian 12) matched against 5,000 OSV records imported through the
                 real import path (a zip written like osv.dev's all.zip).
-  C  re-match   the same images after a data update (records newer, new or withdrawn)
-                was imported and bumped the generation. Images holding no package the
-                update names are only marked current; the rest are matched again.
+  C  re-match   the same images after a data update of 250 records (re-issued, new or
+                withdrawn) was imported: only the package versions the update names are
+                matched again, and the counts of the images holding them follow.
   D  small update  the same after an update re-issuing 5 records, drawn as the others.
-  E  full re-match  every image matched again in all its packages, as if never matched:
-                what C and D would cost if re-matching did not follow the changes.
+  E  full re-match  every image linked and every package version matched again, as if
+                never matched: what C and D would cost if re-matching did not follow
+                the changes.
+
+Findings are stored once per package version (models/findings.py); for C and D the
+rows written (finding rows replaced, package versions and images updated) are counted,
+and the database's size on disk per image is measured after B.
 
 B to E call ``worker.rematch.rematch_batch`` in the Celery task's batches until a batch
-comes back short, in this process, so Celery's overhead is left out; ``--celery`` runs
+says nothing is left, in this process, so Celery's overhead is left out; ``--celery`` runs
 them through a real worker on a private Redis instead. The registry stays up all along,
 and its access log counts the requests it served in each phase.
 
@@ -64,7 +69,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from redis import Redis  # noqa: E402
-from sqlalchemy import func, insert, or_, select, update  # noqa: E402
+from sqlalchemy import delete, func, insert, make_url, select, text, update  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from bench.common import (  # noqa: E402
@@ -83,8 +88,8 @@ from models import (  # noqa: E402
     vuln_records,
 )
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
-from models.findings import Finding  # noqa: E402
-from models.images import ImagePackage  # noqa: E402
+from models.findings import PackageFinding, PackageVersion  # noqa: E402
+from models.images import ImagePackage, matched_before  # noqa: E402
 from scanner.inventory.analysis import analyse_image  # noqa: E402
 from scanner.inventory.catalogers import ALL as CATALOGERS  # noqa: E402
 from scanner.inventory.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
@@ -635,7 +640,8 @@ class Phase:
     images: int
     clock: Clock
     registry_requests: int  # served by the registry meanwhile, from its access log
-    matched: int | None = None  # of the images, those matched again (None: not known)
+    matched: int | None = None  # package versions matched again (None: not known)
+    rows_written: int | None = None  # findings, package versions and images written
 
     @property
     def per_second(self) -> float:
@@ -726,22 +732,25 @@ def import_export(sessions: sessionmaker[Session], path: Path) -> tuple[int, flo
     return report.generation, seconds
 
 
-# Runs the re-match chain until no image is due: how many images it brought up to date,
-# and how many of those it matched again (None when it cannot tell).
-Matcher = Callable[[], tuple[int, int | None]]
+# Runs the re-match chain until nothing is behind the data: the package versions it
+# matched again and the rows it wrote (None when it cannot tell).
+Matcher = Callable[[], tuple[int | None, int | None]]
 
 
 def in_process_matcher(sessions: sessionmaker[Session], batch: int) -> Matcher:
-    """The chain the Celery task runs, without Celery: batches until one comes back
-    short, just as ``worker.rematch.rematch_next`` stops publishing the next one."""
+    """The chain the Celery task runs, without Celery: batches until one says nothing is
+    left, just as ``worker.rematch.rematch_next`` stops publishing the next one."""
 
-    def run() -> tuple[int, int | None]:
-        done = matched = 0
+    def run() -> tuple[int | None, int | None]:
+        matched = written = 0
         while True:
             counts = rematch_batch(sessions, batch)
-            done, matched = done + counts.images, matched + counts.matched + counts.partly
-            if counts.images < batch:
-                return done, matched
+            matched += counts.versions_matched
+            # Finding rows replaced, package versions matched, images linked or counted.
+            written += counts.findings_written + counts.versions_matched
+            written += counts.images_changed + counts.linked
+            if not counts.more:
+                return matched, written
 
     return run
 
@@ -750,46 +759,59 @@ def celery_matcher(sessions: sessionmaker[Session], settings: Settings) -> Match
     """One ``regscan.rematch`` message to a real worker; waits until nothing is due."""
     publisher = Publisher(make_celery(settings))
 
-    def run() -> tuple[int, int | None]:
-        with sessions() as session:
-            due = _count(session, Image.id, _behind(vuln_records.current_generation(session)))
+    def run() -> tuple[int | None, int | None]:
         publisher.rematch()
         while True:
             time.sleep(0.05)
             with sessions() as session:
-                if not findings.any_due(session):
-                    return due, None  # the worker logs how many it matched again
+                generation = vuln_records.current_generation(session)
+                caught_up = vuln_records.findings_generation(session)
+                if not findings.any_due(session, generation, caught_up):
+                    return None, None  # the worker logs how many it matched again
 
     return run
 
 
-def match_phase(name: str, matcher: Matcher, registry: RegistryServer) -> Phase:
+def match_phase(
+    name: str, matcher: Matcher, registry: RegistryServer, sessions: sessionmaker[Session]
+) -> Phase:
+    """``images``: those behind the data when the phase starts, brought up to it."""
+    with sessions() as session:
+        generation = vuln_records.current_generation(session)
+        caught_up = vuln_records.findings_generation(session)
+        behind = _count(session, Image.id, _behind(generation, caught_up))
     with requests_served(registry) as served, clocked() as clock:
-        images, matched = matcher()
-    return Phase(name, images, clock, served(), matched)
+        matched, written = matcher()
+    return Phase(name, behind, clock, served(), matched, written)
 
 
 @dataclass
 class Outcome:
     generation: int
     behind: int  # images whose findings are not from the current generation
-    findings: int
+    findings: int  # of all images, as GET /registry shows them
     affected_images: int
+    stored_findings: int  # rows: one per package version and vulnerability
 
 
 def outcome(sessions: sessionmaker[Session]) -> Outcome:
     with sessions() as session:
         generation = vuln_records.current_generation(session)
+        caught_up = vuln_records.findings_generation(session)
         return Outcome(
             generation,
-            _count(session, Image.id, _behind(generation)),
-            _count(session, Finding.id),
-            _count(session, func.distinct(Finding.image_id)),
+            _count(
+                session, Image.id, _behind(generation, vuln_records.findings_generation(session))
+            ),
+            int(session.scalar(select(func.sum(Image.vulns_total))) or 0),
+            _count(session, Image.id, Image.vulns_total > 0),
+            _count(session, PackageFinding.id),
         )
 
 
-def _behind(generation: int) -> Any:
-    return or_(Image.matched_generation.is_(None), Image.matched_generation != generation)
+def _behind(generation: int, caught_up: int) -> Any:
+    """Images whose findings are not current at ``generation``."""
+    return matched_before(generation, caught_up)
 
 
 def _count(session: Session, column: Any, *where: Any) -> int:
@@ -845,13 +867,15 @@ def report(
 ) -> None:
     print(
         f"{'phase':<40}{'images':>7}{'seconds':>9}{'images/s':>10}{'cpu %':>7}"
-        f"{'registry requests':>19}{'matched again':>15}"
+        f"{'registry requests':>19}{'versions matched':>18}{'rows written':>14}"
     )
     for p in phases:
         matched = "-" if p.matched is None else str(p.matched)
+        written = "-" if p.rows_written is None else str(p.rows_written)
         print(
             f"{p.name:<40}{p.images:>7}{p.clock.seconds:>9.2f}{p.per_second:>10.1f}"
-            f"{p.clock.cpu_share * 100:>7.0f}{p.registry_requests:>19}{matched:>15}"
+            f"{p.clock.cpu_share * 100:>7.0f}{p.registry_requests:>19}{matched:>18}"
+            f"{written:>14}"
         )
     ratio = rematch.per_second / rescan.per_second
     print(
@@ -864,8 +888,9 @@ def report(
         f"images per second ({_inverse(ratio)})"
     )
     print(
-        f"ratio: re-match of the changed packages (C, D) / of every package (E) = "
-        f"{rematch.per_second / full.per_second:.2f}, {small.per_second / full.per_second:.2f}"
+        f"ratio: seconds of a full re-match (E) / of a re-match after the update (C) = "
+        f"{full.clock.seconds / rematch.clock.seconds:.1f}, after the small update (D) = "
+        f"{full.clock.seconds / small.clock.seconds:.1f}"
     )
     # A's scan stops at the inventory, but a real re-scan goes on to match it, as C does.
     both = 1 / (1 / rescan.per_second + 1 / rematch.per_second)
@@ -928,19 +953,20 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     setup = prepare(sessions, rng, pool, args, tmp)
     matcher = make_matcher(args.celery, stack, sessions, database_url, batch, tmp)
     progress(f"B: matching {args.images} stored images")
-    first = done(match_phase("B first match of stored inventories", matcher, registry))
+    first = done(match_phase("B first match of stored inventories", matcher, registry, sessions))
     first_outcome = outcome(sessions)
+    size = database_size(args.database, database_url)
     _, setup.update_seconds = import_export(sessions, setup.update_zip)
     progress(f"C: re-matching {args.images} stored images")
-    again = done(match_phase("C re-match after a data update", matcher, registry))
+    again = done(match_phase("C re-match after a data update", matcher, registry, sessions))
     again_outcome = outcome(sessions)
     _, setup.small_seconds = import_export(sessions, setup.small_zip)
     progress(f"D: re-matching {args.images} stored images after a small update")
-    small = done(match_phase("D re-match after a small update", matcher, registry))
+    small = done(match_phase("D re-match after a small update", matcher, registry, sessions))
     small_outcome = outcome(sessions)
     forget_matches(sessions)
     progress(f"E: matching {args.images} stored images in full again")
-    full = done(match_phase("E full re-match, every package", matcher, registry))
+    full = done(match_phase("E full re-match, every package", matcher, registry, sessions))
     full_outcome = outcome(sessions)
     # Measured again: load from elsewhere over the long matching phases shows as a gap.
     after = done(rescan_phase("A2 re-scan again, after E", settings, registry, pushed))
@@ -952,6 +978,11 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     facts.append(f"load after the run: {os.getloadavg()[0]:.2f}")
     facts.append(
         f"findings after E: {full_outcome.findings} (as after D: {small_outcome.findings})"
+    )
+    facts.append(
+        f"database on disk after B: {size / 2**20:.1f} MiB, {size / args.images / 1024:.1f} KiB "
+        f"per image; finding rows stored: {first_outcome.stored_findings} for "
+        f"{first_outcome.findings} findings shown"
     )
     report([before, first, again, small, full, after], rescan, again, small, full, facts)
     problems = check(
@@ -968,9 +999,26 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
 
 
 def forget_matches(sessions: sessionmaker[Session]) -> None:
-    """Every image as if never matched, so the next re-match matches all its packages."""
+    """Every image as if never matched and no package version known, so the next
+    re-match links every image and matches every package version."""
     with transaction(sessions) as session:
-        session.execute(update(Image).values(matched_generation=None))
+        session.execute(delete(PackageVersion))  # their findings and links go with them
+        zero = {f"vulns_{c}": 0 for c in ("critical", "high", "medium", "low", "total")}
+        session.execute(update(Image).values(matched_generation=None, **zero))
+
+
+def database_size(kind: str, url: str) -> int:
+    """Bytes the database takes on disk (SQLite: the file, its log folded in)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if kind == "postgresql":
+                return int(conn.scalar(text("SELECT pg_database_size(current_database())")))
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    finally:
+        engine.dispose()
+    path = Path(make_url(url).database or "")
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
 def verify_sample(sessions: sessionmaker[Session], n: int) -> list[str]:
@@ -991,9 +1039,14 @@ def verify_sample(sessions: sessionmaker[Session], n: int) -> list[str]:
         for image_id in ids[:: max(1, len(ids) // n)][:n]:
             image = session.get(Image, image_id)
             assert image is not None
-            stored = session.scalars(select(Finding.detail).where(Finding.image_id == image_id))
-            if comparable(stored) != comparable(current_findings(session, image)):
+            stored = [f.detail for f in findings.findings_of(session, [image_id])[image_id]]
+            fresh = current_findings(session, image)
+            if comparable(stored) != comparable(fresh):
                 problems.append(f"image {image_id}: stored findings differ from a fresh match")
+            counted = (image.vulns_critical, image.vulns_high, image.vulns_medium)
+            counted += (image.vulns_low, image.vulns_total)
+            if counted != findings.Counts.of(fresh).values():
+                problems.append(f"image {image_id}: its counts differ from a fresh match")
     return problems
 
 
@@ -1128,7 +1181,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scan-images", type=int, default=DEFAULT_SCAN_IMAGES, help="images re-scanned in A"
     )
     p.add_argument("--records", type=int, default=DEFAULT_RECORDS, help="OSV records imported")
-    p.add_argument("--batch", type=int, default=None, help="images per re-match batch")
+    p.add_argument(
+        "--batch", type=int, default=None, help="package versions (images) per re-match batch"
+    )
     p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--celery", action="store_true", help="match through a real worker")
     return p

@@ -19,6 +19,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import (
@@ -30,10 +31,10 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Text,
+    bindparam,
     delete,
-    func,
     insert,
-    or_,
     select,
     text,
     update,
@@ -105,7 +106,9 @@ class ImageTarget(Base):
     package_version_id: Mapped[int] = mapped_column(
         ForeignKey("package_versions.id", ondelete="CASCADE"), primary_key=True
     )
-    binaries: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The binary packages, one per line (a package name holds no line break); plain
+    # text rather than JSON: there is a row per package an image holds.
+    binaries: Mapped[str] = mapped_column(Text, default="")
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class PackageRef:
     package_name: str
     package_version: str
 
-    @property
+    @cached_property
     def key(self) -> str:
         fields = (
             "|".join(self.ecosystems),
@@ -206,10 +209,12 @@ def lock_for_refresh(session: Session) -> None:
 
 @dataclass(frozen=True)
 class Known:
-    """A stored package version: its id, and the generation it was matched at."""
+    """A stored package version: its id, the generation it was matched at and its
+    findings' counts."""
 
     id: int
     matched_generation: int | None
+    counts: Counts
 
 
 def ensure_package_versions(session: Session, refs: Iterable[PackageRef]) -> dict[str, Known]:
@@ -222,19 +227,25 @@ def ensure_package_versions(session: Session, refs: Iterable[PackageRef]) -> dic
     if missing:
         rows = [_row(wanted[key]) for key in missing]
         for chunk in chunks(rows):
-            session.execute(_insert_ignoring_conflicts(session).values(chunk))
+            session.execute(_insert_ignoring_conflicts(session), chunk)
         found.update(_known(session, missing))
     return found
+
+
+# Built once: an IN list of hundreds of keys is cheap to send, not to build each time.
+_KNOWN = select(
+    PackageVersion.key,
+    PackageVersion.id,
+    PackageVersion.matched_generation,
+    *(getattr(PackageVersion, c) for c in ("critical", "high", "medium", "low", "total")),
+).where(PackageVersion.key.in_(bindparam("keys", expanding=True)))
 
 
 def _known(session: Session, keys: Iterable[str]) -> dict[str, Known]:
     found: dict[str, Known] = {}
     for chunk in chunks(sorted(keys)):
-        stmt = select(
-            PackageVersion.key, PackageVersion.id, PackageVersion.matched_generation
-        ).where(PackageVersion.key.in_(chunk))
-        for key, pv_id, generation in session.execute(stmt):
-            found[key] = Known(pv_id, generation)
+        for key, pv_id, generation, *counts in session.execute(_KNOWN, {"keys": list(chunk)}):
+            found[key] = Known(pv_id, generation, Counts(*counts))
     return found
 
 
@@ -308,16 +319,6 @@ def store_matches(
     return {pv_id: after[pv_id] - before.get(pv_id, Counts()) for pv_id in matched}
 
 
-def mark_matched(session: Session, pv_ids: Iterable[int], generation: int) -> None:
-    """Package versions the data did not change for: current as they are."""
-    for chunk in chunks(sorted(set(pv_ids))):
-        session.execute(
-            update(PackageVersion)
-            .where(PackageVersion.id.in_(chunk))
-            .values(matched_generation=generation)
-        )
-
-
 def _counts(session: Session, pv_ids: Iterable[int]) -> dict[int, Counts]:
     out: dict[int, Counts] = {}
     columns = (PackageVersion.id, *(getattr(PackageVersion, c) for c in _COUNT_COLUMNS))
@@ -334,64 +335,34 @@ def _columns(counts: Counts) -> dict[str, int]:
     return dict(zip(_COUNT_COLUMNS, counts.values(), strict=True))
 
 
-def generations_of(session: Session, pv_ids: Iterable[int]) -> list[tuple[int, int | None]]:
-    """(id, matched generation) of these package versions."""
-    out: list[tuple[int, int | None]] = []
-    for chunk in chunks(sorted(set(pv_ids))):
-        stmt = select(PackageVersion.id, PackageVersion.matched_generation).where(
-            PackageVersion.id.in_(chunk)
-        )
-        out += [(pv_id, g) for pv_id, g in session.execute(stmt)]
-    return out
+Due = tuple[int, tuple[str, ...], str]  # a package version: id, ecosystems, name
 
 
-def stale_generations(session: Session, generation: int) -> list[int]:
-    """The generations package versions older than ``generation`` were matched at."""
+def behind(
+    session: Session, generation: int, *, ids: Iterable[int] = (), names: Iterable[str] = ()
+) -> list[Due]:
+    """The package versions matched before ``generation``, among ``ids`` or named
+    ``names``, by id."""
+    columns = (PackageVersion.id, PackageVersion.ecosystems, PackageVersion.name)
+    older = PackageVersion.matched_generation < generation
+    found: dict[int, Due] = {}
+    for column, values in ((PackageVersion.id, ids), (PackageVersion.name, names)):
+        for chunk in chunks(sorted(set(values))):
+            stmt = select(*columns).where(older, column.in_(chunk))
+            for pv_id, ecosystems, name in session.execute(stmt):
+                found[pv_id] = (pv_id, tuple(ecosystems.split("|")), name)
+    return [found[pv_id] for pv_id in sorted(found)]
+
+
+def behind_any(session: Session, generation: int, limit: int) -> list[Due]:
+    """Up to ``limit`` package versions matched before ``generation``, by id."""
     stmt = (
-        select(PackageVersion.matched_generation)
+        select(PackageVersion.id, PackageVersion.ecosystems, PackageVersion.name)
         .where(PackageVersion.matched_generation < generation)
-        .distinct()
-    )
-    return sorted(g for g in session.scalars(stmt) if g is not None)
-
-
-def stale_at(session: Session, since: int, limit: int) -> list[tuple[int, int]]:
-    """Up to ``limit`` (id, ``since``) of package versions matched at ``since``."""
-    stmt = (
-        select(PackageVersion.id)
-        .where(PackageVersion.matched_generation == since)
         .order_by(PackageVersion.id)
         .limit(limit)
     )
-    return [(pv_id, since) for pv_id in session.scalars(stmt)]
-
-
-def stale_naming(
-    session: Session, since: int, names: Iterable[str]
-) -> list[tuple[int, int, tuple[str, ...], str]]:
-    """(id, ``since``, ecosystems, name) of the package versions matched at ``since``
-    whose name is one of ``names``."""
-    out = []
-    for chunk in chunks(sorted(set(names))):
-        stmt = select(PackageVersion.id, PackageVersion.ecosystems, PackageVersion.name).where(
-            PackageVersion.matched_generation == since, PackageVersion.name.in_(chunk)
-        )
-        out += [(i, since, tuple(e.split("|")), n) for i, e, n in session.execute(stmt)]
-    return sorted(out)
-
-
-def mark_all_matched(session: Session, generation: int) -> int:
-    """Every package version matched before ``generation``: current as it is."""
-    stmt = (
-        update(PackageVersion)
-        .where(PackageVersion.matched_generation < generation)
-        .values(matched_generation=generation)
-    )
-    return session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
-
-
-def oldest_match(session: Session) -> int | None:
-    return session.scalar(select(func.min(PackageVersion.matched_generation)))
+    return [(i, tuple(e.split("|")), n) for i, e, n in session.execute(stmt)]
 
 
 def forget_unheld(session: Session) -> int:
@@ -404,37 +375,34 @@ def forget_unheld(session: Session) -> int:
 # -- images ------------------------------------------------------------------------------
 
 
-def link_image(
-    session: Session, image: Image, links: Mapping[int, Sequence[str]], generation: int
-) -> None:
-    """Replace what ``image`` holds (package version id -> its binaries) and set its
-    counts from theirs. Its findings are current at ``generation`` unless one of its
-    package versions is older. Under :func:`lock_for_linking`."""
-    session.execute(delete(ImageTarget).where(ImageTarget.image_id == image.id))
-    if links:
-        session.execute(
-            insert(ImageTarget),
-            [
-                {"image_id": image.id, "package_version_id": pv_id, "binaries": list(binaries)}
-                for pv_id, binaries in sorted(links.items())
-            ],
-        )
-    summary, oldest = _summary(session, image.id)
-    for column, value in _columns(summary).items():
-        setattr(image, f"vulns_{column}", value)
-    image.matched_generation = generation if oldest is None else min(oldest, generation)
+Holding = Mapping[int, tuple[Sequence[str], Counts]]  # package version id -> binaries, counts
+
+
+def link_images(session: Session, links: Sequence[tuple[Image, Holding, int]]) -> None:
+    """Replace what each image holds (package version id -> the binaries it has of it,
+    and the package version's counts) and set its counts, the sum of theirs; its
+    findings are current at the generation given with it. Under
+    :func:`lock_for_linking`, with the counts read under it."""
+    connection = session.connection()
+    ids = [image.id for image, _holding, _at in links]
+    for chunk in chunks(ids):
+        connection.execute(delete(ImageTarget).where(ImageTarget.image_id.in_(chunk)))
+    rows = [
+        {"image_id": image.id, "package_version_id": pv_id, "binaries": "\n".join(binaries)}
+        for image, holding, _at in links
+        for pv_id, (binaries, _counts) in sorted(holding.items())
+    ]
+    if rows:
+        connection.execute(insert(ImageTarget), rows)
+    for image, holding, at in links:
+        total = [0] * len(_COUNT_COLUMNS)
+        for _binaries, counts in holding.values():
+            for n, value in enumerate(counts.values()):
+                total[n] += value
+        for column, value in zip(_COUNT_COLUMNS, total, strict=True):
+            setattr(image, f"vulns_{column}", value)
+        image.matched_generation = at
     session.flush()
-
-
-def _summary(session: Session, image_id: int) -> tuple[Counts, int | None]:
-    columns = [func.coalesce(func.sum(getattr(PackageVersion, c)), 0) for c in _COUNT_COLUMNS]
-    stmt = (
-        select(*columns, func.min(PackageVersion.matched_generation))
-        .join(ImageTarget, ImageTarget.package_version_id == PackageVersion.id)
-        .where(ImageTarget.image_id == image_id)
-    )
-    *values, oldest = session.execute(stmt).one()
-    return Counts(*(int(v) for v in values)), oldest
 
 
 def apply_changes(session: Session, changes: Mapping[int, Counts]) -> int:
@@ -468,15 +436,12 @@ def apply_changes(session: Session, changes: Mapping[int, Counts]) -> int:
     return sum(len(ids) for ids in by_change.values())
 
 
-def mark_images_current(session: Session, generation: int) -> int:
-    """Every linked image matched before ``generation``: current, once no package
-    version is older. Under :func:`lock_for_refresh`."""
-    stmt = (
-        update(Image)
-        .where(Image.matched_generation < generation)
-        .values(matched_generation=generation)
-    )
-    return session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
+def current_at(image: Image, findings_generation: int) -> int | None:
+    """The generation of the data an image's findings are current at (``None``: never
+    linked, no findings yet), given the generation every finding is current at."""
+    if image.matched_generation is None:
+        return None
+    return max(image.matched_generation, findings_generation)
 
 
 def unlinked_images(session: Session, limit: int) -> list[Image]:
@@ -490,16 +455,14 @@ def unlinked_images(session: Session, limit: int) -> list[Image]:
     return list(session.scalars(stmt))
 
 
-def any_due(session: Session, generation: int) -> bool:
-    """Whether some image or package version is behind ``generation``."""
-    images = select(Image.id).where(
-        Image.analyser_version.is_not(None),
-        or_(Image.matched_generation.is_(None), Image.matched_generation < generation),
-    )
-    if session.scalar(images.limit(1)) is not None:
+def any_due(session: Session, generation: int, findings_generation: int) -> bool:
+    """Whether some image was never linked, or the findings are behind ``generation``."""
+    if findings_generation < generation:
         return True
-    versions = select(PackageVersion.id).where(PackageVersion.matched_generation < generation)
-    return session.scalar(versions.limit(1)) is not None
+    never = select(Image.id).where(
+        Image.analyser_version.is_not(None), Image.matched_generation.is_(None)
+    )
+    return session.scalar(never.limit(1)) is not None
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -519,7 +482,7 @@ def findings_of(session: Session, image_ids: Sequence[int]) -> dict[int, list[Fi
             .where(ImageTarget.image_id.in_(chunk))
         )
         for image_id, binaries, row in session.execute(stmt):
-            detail = {**row.detail, "binaryPkgs": list(binaries or [])}
+            detail = {**row.detail, "binaryPkgs": binaries.split("\n") if binaries else []}
             out[image_id].append(
                 Finding(
                     image_id=image_id,

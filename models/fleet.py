@@ -20,7 +20,13 @@ from models.findings import ImageTarget, PackageFinding
 from models.images import Image, ImagePackage, matched_before
 from models.jobs import JobKind, JobStatus, ScanJob
 from models.results import ScanResult
-from models.vuln_records import VulnDbState, VulnRecord, VulnSource, current_generation
+from models.vuln_records import (
+    VulnDbState,
+    VulnRecord,
+    VulnSource,
+    current_generation,
+    findings_generation,
+)
 
 SEVERITIES = ("critical", "high", "medium", "low")
 UNKNOWN = "unknown"
@@ -333,7 +339,9 @@ def vuln_freshness(session: Session) -> VulnFreshness:
     which also counts records per ecosystem."""
     generation = current_generation(session)
     state = session.get(VulnDbState, 1)
-    due = select(func.count(Image.id)).where(matched_before(generation))
+    due = select(func.count(Image.id)).where(
+        matched_before(generation, findings_generation(session))
+    )
     return VulnFreshness(
         generation=generation,
         changed_at=_aware(state.changed_at) if state else None,

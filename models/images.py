@@ -132,11 +132,14 @@ def images_holding(name: str, version: str | None) -> Select[int]:
     return stmt.where(ImagePackage.version == version) if version is not None else stmt
 
 
-def matched_before(generation: int) -> ColumnElement[bool]:
-    """Images with an inventory whose findings predate ``generation``."""
-    return Image.analyser_version.is_not(None) & or_(
-        Image.matched_generation.is_(None), Image.matched_generation < generation
-    )
+def matched_before(generation: int, findings_generation: int) -> ColumnElement[bool]:
+    """Images with an inventory whose findings predate ``generation``: never linked to
+    their package versions, or linked before it while the findings are not all current
+    (``findings_generation``, ``models.vuln_records``)."""
+    never = Image.matched_generation.is_(None)
+    if findings_generation >= generation:
+        return Image.analyser_version.is_not(None) & never
+    return Image.analyser_version.is_not(None) & or_(never, Image.matched_generation < generation)
 
 
 def tags_of(session: Session, images: Sequence[Image]) -> dict[int, list[Tag]]:

@@ -101,14 +101,16 @@ class VulnChange(Base):
 
 
 class VulnDbState(Base):
-    """One row: a counter bumped whenever the vulnerability data changes. An image whose
-    ``matched_generation`` is older is re-matched."""
+    """One row: a counter bumped whenever the vulnerability data changes, and the
+    generation every stored finding is current at (``models.findings``: the package
+    versions the changes since name are matched again, then it moves up)."""
 
     __tablename__ = "vulndb_state"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     changed_at: Mapped[datetime | None] = mapped_column(default=None)
+    findings_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,19 @@ def current_generation(session: Session) -> int:
     return session.scalar(select(VulnDbState.generation).where(VulnDbState.id == STATE_ID)) or 0
 
 
+def findings_generation(session: Session) -> int:
+    """The generation every linked image's findings are current at."""
+    stmt = select(VulnDbState.findings_generation).where(VulnDbState.id == STATE_ID)
+    return session.scalar(stmt) or 0
+
+
+def set_findings_generation(session: Session, generation: int) -> None:
+    stmt = (
+        update(VulnDbState).where(VulnDbState.id == STATE_ID).values(findings_generation=generation)
+    )
+    session.execute(stmt)
+
+
 def bump_generation(session: Session) -> int:
     """Mark the data changed: images matched before now are due for re-matching. The
     changes stored since the last bump (by this import, or by one that failed before
@@ -190,19 +205,9 @@ def changed_since(
     return None if len(rows) > limit else rows
 
 
-def forget_changes(session: Session, oldest_package_version: int | None) -> int:
-    """Delete the changes every matched image and package version (the oldest matched
-    at ``oldest_package_version``) is past; how many rows."""
-    matched = [
-        g
-        for g in (
-            session.scalar(select(func.min(Image.matched_generation))),
-            oldest_package_version,
-        )
-        if g is not None
-    ]
-    # Nothing matched yet: each will be matched in full.
-    oldest = min(matched) if matched else current_generation(session)
+def forget_changes(session: Session) -> int:
+    """Delete the changes every stored finding is past; how many rows."""
+    oldest = findings_generation(session)
     stmt = delete(VulnChange).where(VulnChange.generation <= oldest)
     return rowcount(session.execute(stmt))
 
@@ -364,7 +369,9 @@ def summary(session: Session) -> dict[str, Any]:
         "withdrawn": _count(session, VulnRecord.id, VulnRecord.withdrawn.is_not(None)),
         "generation": generation,
         "changed_at": state.changed_at if state else None,
-        "images_due": _count(session, Image.id, matched_before(generation)),
+        "images_due": _count(
+            session, Image.id, matched_before(generation, findings_generation(session))
+        ),
     }
 
 

@@ -33,7 +33,7 @@ def image(session: Session, repo: str, digest: str, severities: list[str]) -> in
     row = Image(registry_host="r:5000", repository=repo, digest=digest, analyser_version=1)
     session.add(row)
     session.flush()
-    links: dict[int, tuple[str, ...]] = {}
+    holding: dict[int, tuple[tuple[str, ...], findings.Counts]] = {}
     for n, severity in enumerate(severities):
         cve, name = f"CVE-2026-{n % 2:04d}", f"{repo}-{digest}-p{n}"
         ref = PackageRef(("Debian:12",), name, "1", "package", name, "1")
@@ -41,8 +41,8 @@ def image(session: Session, repo: str, digest: str, severities: list[str]) -> in
         detail = {"cve": cve, "severity": severity, "cvss": None, "packageType": "package",
                   "packageName": name, "packageVersion": "1"}  # fmt: skip
         findings.store_matches(session, {known.id: [detail]}, generation=0)
-        links[known.id] = ()
-    findings.link_image(session, row, links, generation=0)
+        holding[known.id] = ((), findings.Counts.of([detail]))
+    findings.link_images(session, [(row, holding, 0)])
     return row.id
 
 

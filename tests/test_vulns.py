@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from models import Image, ImageTarget, PackageFinding, Tag
 from models import vuln_records as store
+from models.findings import current_at
 from testbed.images import Pusher
 from testbed.osv_export import OsvExportServer
 from testbed.proxy import FaultProxy
@@ -469,7 +470,7 @@ def test_a_data_change_rewrites_only_the_images_holding_a_package_it_names(
                 )
                 .where(ImageTarget.image_id == image.id)
             )
-            return sorted(rows), image.matched_generation
+            return sorted(rows), current_at(image, store.findings_generation(session))
 
     two_rows, _ = stored("two")
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import keys
-from models import findings, idempotency, vuln_records, webhooks
+from models import idempotency, vuln_records, webhooks
 from models.base import utcnow
 from models.db import transaction
 from worker.runtime import Runtime
@@ -41,7 +41,7 @@ def prune(sessions: sessionmaker[Session], now: datetime | None = None) -> Prune
         return Pruned(
             idempotency_keys=idempotency.drop_all_expired(session, now - idempotency.WINDOW),
             webhook_events=webhooks.forget_events(session, now - WEBHOOK_EVENT_RETENTION),
-            vuln_changes=vuln_records.forget_changes(session, findings.oldest_match(session)),
+            vuln_changes=vuln_records.forget_changes(session),
         )
 
 

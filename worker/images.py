@@ -266,13 +266,15 @@ def _write(
 
 def _bring_current(rt: Runtime, item: ImageScan, found: Found) -> None:
     """Match again, before the result is stored, the package versions its images hold
-    that are older than the data (an import came after their last match, and the
-    re-match has not reached them yet): a result is never stored with findings older
-    than the data it was scanned under."""
+    that the data changed for since their match (an import came, and the re-match has
+    not reached them yet): a result is never stored with findings older than the data
+    it was scanned under."""
     refs: set[rematch.PackageRef] = set()
     image_ids: list[int] = []
     with rt.sessions() as session:
         generation = vuln_records.current_generation(session)
+        if vuln_records.findings_generation(session) >= generation:
+            return  # every stored finding is current
         for platform_image, inventory in found:
             if inventory is not None:
                 packages = [p.to_json() for p in inventory.packages]
@@ -280,8 +282,7 @@ def _bring_current(rt: Runtime, item: ImageScan, found: Found) -> None:
                 refs |= rematch.inventory_refs(os.distro, os.version, os.name, packages)
                 continue
             known = find_image(session, item.registry_host, item.repository, platform_image.digest)
-            behind = known is not None and (known.matched_generation or generation) < generation
-            if known is not None and behind:
+            if known is not None and known.matched_generation is not None:
                 image_ids.append(known.id)
         if not refs and not image_ids:
             return

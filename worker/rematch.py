@@ -165,46 +165,74 @@ def _parse(data: dict) -> osv.Record | None:
 def match_image(
     session: Session, image: Image, generation: int | None = None, memo: MatchMemo | None = None
 ) -> list[int]:
-    """Give a stored image its findings: link it to the package versions it holds (those
-    nobody held before are matched now), unless it is linked already. The ids of the
-    package versions it holds that are older than the data (for :func:`refresh`).
+    """Give a stored image its findings (:func:`link_images` of one image)."""
+    return link_images(session, [image], generation, memo)
+
+
+def link_images(
+    session: Session,
+    images: Sequence[Image],
+    generation: int | None = None,
+    memo: MatchMemo | None = None,
+) -> list[int]:
+    """Give stored images their findings: link each to the package versions it holds
+    (those nobody held before are matched now), unless it is linked already. The ids of
+    the package versions they hold that the data changed for since their match (for
+    :func:`refresh`; there are none once the re-match has caught up).
 
     Call it under :func:`models.findings.lock_for_linking`.
     """
     if generation is None:
         generation = vuln_records.current_generation(session)
-    if image.matched_generation is not None:  # linked: its inventory did not change
-        return [] if image.matched_generation >= generation else _stale_of(session, image.id)
     if memo is None or memo.generation != generation:
         memo = memo_for(generation)
-    links = _links(image)
-    known = findings.ensure_package_versions(session, links)
-    unmatched = {k.id: ref for ref, k in _by_ref(links, known) if k.matched_generation is None}
-    findings.store_matches(session, _match(session, unmatched, memo), generation)
-    findings.link_image(
-        session, image, {known[ref.key].id: binaries for ref, binaries in links.items()}, generation
-    )
-    return [
-        k.id
-        for _ref, k in _by_ref(links, known)
-        if k.matched_generation is not None and k.matched_generation < generation
-    ]
+    caught_up = vuln_records.findings_generation(session)
+    linked = [image for image in images if image.matched_generation is not None]
+    fresh = [image for image in images if image.matched_generation is None]
+    held: set[int] = set()
+    if caught_up < generation:
+        held.update(*(_held(session, image) for image in linked))
+    links = {image.id: _links(image) for image in fresh}
+    refs = {ref.key: ref for image_links in links.values() for ref in image_links}
+    known = findings.ensure_package_versions(session, refs.values())
+    unmatched = {k.id: refs[key] for key, k in known.items() if k.matched_generation is None}
+    matched = _match(session, unmatched, memo)
+    findings.store_matches(session, matched, generation)
+    counts = {pv_id: findings.Counts.of(found) for pv_id, found in matched.items()}
+    stale: list[int] = []
+    if caught_up < generation:
+        held.update(k.id for k in known.values())
+        stale = _changed(session, memo, findings.behind(session, generation, ids=held))
+    behind = set(stale)
+    linking = []
+    for image in fresh:
+        holding = {}
+        for ref, binaries in links[image.id].items():
+            k = known[ref.key]
+            holding[k.id] = (binaries, counts.get(k.id, k.counts))
+        linking.append((image, holding, caught_up if behind & holding.keys() else generation))
+    findings.link_images(session, linking)
+    return stale
 
 
-def _by_ref(
-    links: dict[PackageRef, tuple[str, ...]], known: dict[str, findings.Known]
-) -> Iterable[tuple[PackageRef, findings.Known]]:
-    return ((ref, known[ref.key]) for ref in links)
-
-
-def _stale_of(session: Session, image_id: int) -> list[int]:
-    stmt = (
-        select(PackageVersion.id)
-        .join(ImageTarget, ImageTarget.package_version_id == PackageVersion.id)
-        .where(ImageTarget.image_id == image_id)
-        .where(PackageVersion.matched_generation < vuln_records.current_generation(session))
-    )
+def _held(session: Session, image: Image) -> list[int]:
+    stmt = select(ImageTarget.package_version_id).where(ImageTarget.image_id == image.id)
     return list(session.scalars(stmt))
+
+
+def _changed(session: Session, memo: MatchMemo, due: Sequence[findings.Due]) -> list[int]:
+    """Ids of those of ``due`` (package versions matched before the memo's generation)
+    that a change of the data since the findings were last all current names."""
+    if not due:
+        return []
+    changed = _changed_since(session, vuln_records.findings_generation(session), memo)
+    if changed is None:
+        return [pv_id for pv_id, _ecosystems, _name in due]
+    return [
+        pv_id
+        for pv_id, ecosystems, name in due
+        if any((eco, name) in changed for eco in ecosystems)
+    ]
 
 
 def current_findings(session: Session, image: Image) -> list[dict]:
@@ -228,18 +256,19 @@ def inventory_refs(
 def stale_among(
     session: Session, refs: Iterable[PackageRef] = (), image_ids: Iterable[int] = ()
 ) -> list[int]:
-    """Ids of the package versions older than the data among ``refs`` and those the
-    images ``image_ids`` hold."""
+    """Ids of the package versions the data changed for since their match, among
+    ``refs`` and those the images ``image_ids`` hold."""
     generation = vuln_records.current_generation(session)
-    stale: set[int] = set()
+    if vuln_records.findings_generation(session) >= generation:
+        return []  # every finding is current
+    ids: set[int] = set()
     for chunk in vuln_records.chunks(sorted(ref.key for ref in refs)):
-        stmt = select(PackageVersion.id).where(
-            PackageVersion.key.in_(chunk), PackageVersion.matched_generation < generation
-        )
-        stale.update(session.scalars(stmt))
-    for image_id in image_ids:
-        stale.update(_stale_of(session, image_id))
-    return sorted(stale)
+        ids.update(session.scalars(select(PackageVersion.id).where(PackageVersion.key.in_(chunk))))
+    for chunk in vuln_records.chunks(sorted(set(image_ids))):
+        stmt = select(ImageTarget.package_version_id).where(ImageTarget.image_id.in_(chunk))
+        ids.update(session.scalars(stmt))
+    due = findings.behind(session, generation, ids=ids)
+    return _changed(session, memo_for(generation), due)
 
 
 # -- the data changed -----------------------------------------------------------------------
@@ -249,80 +278,73 @@ def stale_among(
 class RematchCounts:
     linked: int = 0  # images linked to their package versions (never matched before)
     versions_matched: int = 0  # package versions matched again: the data changed for them
-    versions_unchanged: int = 0  # package versions the data did not change for
     images_changed: int = 0  # images whose counts changed
+    findings_written: int = 0  # finding rows of the package versions matched again
     more: bool = False  # a batch stopped at its limit: there is more to do
 
     @property
     def work(self) -> int:
-        return self.linked + self.versions_matched + self.versions_unchanged
+        return self.linked + self.versions_matched
 
 
 def refresh(sessions: sessionmaker[Session], pv_ids: Sequence[int]) -> RematchCounts:
-    """Bring these package versions up to the data, with the counts of the images
-    holding them, in a transaction of its own."""
+    """Match again those of these package versions the data changed for since their
+    match, with the counts of the images holding them, in a transaction of its own."""
     counts = RematchCounts()
     with transaction(sessions) as session:
         findings.lock_for_refresh(session)
         generation = vuln_records.current_generation(session)
         memo = memo_for(generation)
-        stale = [
-            (pv_id, g)
-            for pv_id, g in findings.generations_of(session, pv_ids)
-            if g is not None and g < generation
-        ]
-        _refresh(session, stale, generation, memo, counts)
+        due = _changed(session, memo, findings.behind(session, generation, ids=pv_ids))
+        _refresh(session, due, generation, memo, counts)
     return counts
 
 
 def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
-    """One transaction's worth of bringing the stored findings up to the data: package
-    versions the changed records name are matched again (up to ``limit``), then images
-    never linked are linked (up to ``limit``), and once nothing is behind, every
-    package version and image is marked current."""
+    """One transaction's worth of bringing the stored findings up to the data: up to
+    ``limit`` package versions that the changes since the findings were last all
+    current name are matched again, and up to ``limit`` images never linked are linked.
+    Once none is left, the findings are current at the data's generation.
+
+    A package version's findings depend only on the records naming it, so those the
+    changes do not name are left as they are, whatever number of images hold them.
+    """
     counts = RematchCounts()
     with transaction(sessions) as session:
         findings.lock_for_refresh(session)
         generation = vuln_records.current_generation(session)
+        caught_up = vuln_records.findings_generation(session)
         memo = memo_for(generation)
-        due = _changed_for(session, generation, memo, limit)
-        _refresh(session, due, generation, memo, counts)
+        due: list[int] = []
+        if caught_up < generation:
+            due = _due(session, generation, caught_up, memo, limit)
+            _refresh(session, due, generation, memo, counts)
         unlinked = findings.unlinked_images(session, limit)
-        for image in unlinked:
-            match_image(session, image, generation, memo)
+        link_images(session, unlinked, generation, memo)
         counts.linked = len(unlinked)
         counts.more = len(due) >= limit or len(unlinked) >= limit
-        if not counts.more:
-            counts.versions_unchanged += findings.mark_all_matched(session, generation)
-            findings.mark_images_current(session, generation)
+        if not counts.more and caught_up < generation:
+            vuln_records.set_findings_generation(session, generation)
     return counts
 
 
-def _changed_for(
-    session: Session, generation: int, memo: MatchMemo, limit: int
-) -> list[tuple[int, int]]:
-    """Up to ``limit`` (id, matched generation) of package versions older than
-    ``generation`` that a change since their match names."""
-    due: list[tuple[int, int]] = []
-    for since in findings.stale_generations(session, generation):
-        changed = _changed_since(session, since, memo)
-        if changed is None:
-            due += findings.stale_at(session, since, limit - len(due))
-        else:
-            names = {name for _eco, name in changed}
-            due += [
-                (pv_id, g)
-                for pv_id, g, ecosystems, name in findings.stale_naming(session, since, names)
-                if any((eco, name) in changed for eco in ecosystems)
-            ][: limit - len(due)]
-        if len(due) >= limit:
-            break
-    return due
+def _due(
+    session: Session, generation: int, caught_up: int, memo: MatchMemo, limit: int
+) -> list[int]:
+    """Up to ``limit`` ids of package versions matched before ``generation`` that a
+    change since ``caught_up`` names."""
+    changed = _changed_since(session, caught_up, memo)
+    if changed is None:  # too many changes to compare: every package version
+        return [pv_id for pv_id, _e, _n in findings.behind_any(session, generation, limit)]
+    names = {name for _eco, name in changed}
+    return _changed(session, memo, findings.behind(session, generation, names=names))[:limit]
 
 
 def _changed_since(
     session: Session, since: int, memo: MatchMemo
 ) -> frozenset[tuple[str, str]] | None:
+    """The (ecosystem, name) pairs the data changed for after generation ``since``, up
+    to the memo's; None when too many to compare."""
     if since not in memo.changed:
         memo.changed[since] = vuln_records.changed_since(
             session, since, memo.generation, CHANGED_KEYS_LIMIT
@@ -331,30 +353,16 @@ def _changed_since(
 
 
 def _refresh(
-    session: Session,
-    stale: Sequence[tuple[int, int]],
-    generation: int,
-    memo: MatchMemo,
-    counts: RematchCounts,
+    session: Session, due: Sequence[int], generation: int, memo: MatchMemo, counts: RematchCounts
 ) -> None:
-    """Match again those of ``stale`` (id, matched generation) the data changed for
-    since, mark the others current, and carry the changes to the images' counts."""
-    refs = findings.refs_of(session, [pv_id for pv_id, _since in stale])
-    again: list[int] = []
-    unchanged: list[int] = []
-    for pv_id, since in stale:
-        changed = _changed_since(session, since, memo)
-        ref = refs[pv_id]
-        if changed is None or any((eco, ref.name) in changed for eco in ref.ecosystems):
-            again.append(pv_id)
-        else:
-            unchanged.append(pv_id)
-    changes = findings.store_matches(
-        session, _match(session, {i: refs[i] for i in again}, memo), generation
-    )
-    findings.mark_matched(session, unchanged, generation)
-    counts.versions_matched += len(again)
-    counts.versions_unchanged += len(unchanged)
+    """Match ``due`` again and carry the changes to the counts of the images holding them."""
+    if not due:
+        return
+    refs = findings.refs_of(session, due)
+    matched = _match(session, refs, memo)
+    changes = findings.store_matches(session, matched, generation)
+    counts.versions_matched += len(matched)
+    counts.findings_written += sum(len(found) for found in matched.values())
     counts.images_changed += findings.apply_changes(session, changes)
 
 
@@ -364,9 +372,8 @@ def rematch_next(rt: Runtime) -> None:
     if done.work:
         log.info(
             "brought findings up to the vulnerability data: %s package versions matched "
-            "again, %s unchanged, %s images linked, %s images' counts changed",
+            "again, %s images linked, %s images' counts changed",
             done.versions_matched,
-            done.versions_unchanged,
             done.linked,
             done.images_changed,
         )
@@ -378,6 +385,7 @@ def rematch_if_due(rt: Runtime) -> None:
     """Publish a re-match when stored findings are older than the data (at most once a
     minute, cluster-wide, however many workers look)."""
     with rt.sessions() as session:
-        due = findings.any_due(session, vuln_records.current_generation(session))
+        generation = vuln_records.current_generation(session)
+        due = findings.any_due(session, generation, vuln_records.findings_generation(session))
     if due and rt.redis.set(keys.REMATCH_KICK, "1", nx=True, ex=keys.REMATCH_KICK_SECONDS):
         rt.publisher.rematch()

@@ -7,8 +7,9 @@ to the package versions they hold, with their counts by severity on their rows.
 
 Stored findings are not carried over: every analysed image is marked never matched, so
 the next re-match links it and matches its package versions (from its stored inventory,
-without asking any registry). Downgrading drops the new tables and leaves the images to
-be matched again the same way.
+without asking any registry). ``vulndb_state.findings_generation`` says up to which
+generation of the data every stored finding is current. Downgrading drops the new
+tables and leaves the images to be matched again the same way.
 
 Revision ID: 0008
 Revises: 0007
@@ -60,7 +61,7 @@ def upgrade() -> None:
         "image_targets",
         sa.Column("image_id", sa.Integer(), nullable=False),
         sa.Column("package_version_id", sa.Integer(), nullable=False),
-        sa.Column("binaries", sa.JSON(), nullable=False),
+        sa.Column("binaries", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
             ["image_id"],
             ["images.id"],
@@ -115,9 +116,15 @@ def upgrade() -> None:
         for column in _IMAGE_COUNTS:
             batch_op.add_column(sa.Column(column, sa.Integer(), nullable=False, server_default="0"))
     op.execute("UPDATE images SET matched_generation = NULL")
+    with op.batch_alter_table("vulndb_state", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("findings_generation", sa.BigInteger(), nullable=False, server_default="0")
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("vulndb_state", schema=None) as batch_op:
+        batch_op.drop_column("findings_generation")
     with op.batch_alter_table("images", schema=None) as batch_op:
         for column in reversed(_IMAGE_COUNTS):
             batch_op.drop_column(column)
