@@ -800,9 +800,7 @@ def outcome(sessions: sessionmaker[Session]) -> Outcome:
         caught_up = vuln_records.findings_generation(session)
         return Outcome(
             generation,
-            _count(
-                session, Image.id, _behind(generation, vuln_records.findings_generation(session))
-            ),
+            _count(session, Image.id, _behind(generation, caught_up)),
             int(session.scalar(select(func.sum(Image.vulns_total))) or 0),
             _count(session, Image.id, Image.vulns_total > 0),
             _count(session, PackageFinding.id),
