@@ -23,7 +23,7 @@ scan stored, without asking a registry anything. This compares, in the same run:
                 never matched: what C and D would cost if re-matching did not follow
                 the changes.
 
-Findings are stored once per package version (models/findings.py); for C and D the
+Findings are stored once per package version (models/package_versions.py); for C and D the
 rows written (finding rows replaced, package versions and images updated) are counted,
 and the database's size on disk per image is measured after B.
 
@@ -85,11 +85,12 @@ from core.tasks import Publisher, make_celery  # noqa: E402
 from models import (  # noqa: E402
     Image,
     findings,
+    package_versions,
     vuln_records,
 )
 from models.db import make_engine, make_sessionmaker, transaction  # noqa: E402
-from models.findings import PackageFinding, PackageVersion  # noqa: E402
 from models.images import ImagePackage, matched_before  # noqa: E402
+from models.package_versions import PackageFinding, PackageVersion  # noqa: E402
 from scanner.inventory.analysis import analyse_image  # noqa: E402
 from scanner.inventory.catalogers import ALL as CATALOGERS  # noqa: E402
 from scanner.inventory.packages import ANALYSER_VERSION, NODEJS, OS_PACKAGE, PYTHON, Package  # noqa: E402
@@ -1043,7 +1044,7 @@ def verify_sample(sessions: sessionmaker[Session], n: int) -> list[str]:
                 problems.append(f"image {image_id}: stored findings differ from a fresh match")
             counted = (image.vulns_critical, image.vulns_high, image.vulns_medium)
             counted += (image.vulns_low, image.vulns_total)
-            if counted != findings.Counts.of(fresh).values():
+            if counted != package_versions.Counts.of(fresh).values():
                 problems.append(f"image {image_id}: its counts differ from a fresh match")
     return problems
 

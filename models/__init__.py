@@ -11,12 +11,13 @@ from models.api_tokens import ApiToken
 from models.base import Base
 from models.callbacks import CallbackDelivery
 from models.credentials import Credential
-from models.findings import Finding, ImageTarget, PackageFinding, PackageVersion
+from models.findings import Finding, ImageTarget
 from models.idempotency import IdempotencyKey
 from models.image_scans import ImageScan, ItemStatus
 from models.images import Image, ImagePackage, Tag
 from models.jobs import ACTIVE_STATUSES, FINAL_STATUSES, JobKind, JobStatus, ScanJob
 from models.layers import LayerAnalysis
+from models.package_versions import PackageFinding, PackageVersion
 from models.results import ScanResult
 from models.schedule import ScanSchedule, ScheduleTick
 from models.specs import RegistrySpec

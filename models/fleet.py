@@ -16,9 +16,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from sqlalchemy import Select, case, distinct, func, select
 from sqlalchemy.orm import Session
 
-from models.findings import ImageTarget, PackageFinding
+from models.findings import ImageTarget
 from models.images import Image, ImagePackage, matched_before
 from models.jobs import JobKind, JobStatus, ScanJob
+from models.package_versions import PackageFinding
 from models.results import ScanResult
 from models.vuln_records import (
     VulnDbState,

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from api.dashboard.charts import stacked_bars
 from core.requester import Requester
-from models import Image, JobKind, JobStatus, ScanResult, findings, fleet, jobs
+from models import Image, JobKind, JobStatus, ScanResult, findings, fleet, jobs, package_versions
 from models.db import make_engine, make_sessionmaker, transaction
-from models.findings import PackageRef
+from models.package_versions import PackageRef
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -33,15 +33,15 @@ def image(session: Session, repo: str, digest: str, severities: list[str]) -> in
     row = Image(registry_host="r:5000", repository=repo, digest=digest, analyser_version=1)
     session.add(row)
     session.flush()
-    holding: dict[int, tuple[tuple[str, ...], findings.Counts]] = {}
+    holding: dict[int, tuple[tuple[str, ...], package_versions.Counts]] = {}
     for n, severity in enumerate(severities):
         cve, name = f"CVE-2026-{n % 2:04d}", f"{repo}-{digest}-p{n}"
         ref = PackageRef(("Debian:12",), name, "1", "package", name, "1")
-        [known] = findings.ensure_package_versions(session, [ref]).values()
+        [known] = package_versions.ensure_package_versions(session, [ref]).values()
         detail = {"cve": cve, "severity": severity, "cvss": None, "packageType": "package",
                   "packageName": name, "packageVersion": "1"}  # fmt: skip
-        findings.store_matches(session, {known.id: [detail]}, generation=0)
-        holding[known.id] = ((), findings.Counts.of([detail]))
+        package_versions.store_matches(session, {known.id: [detail]}, generation=0)
+        holding[known.id] = ((), package_versions.Counts.of([detail]))
     findings.link_images(session, [(row, holding, 0)])
     return row.id
 

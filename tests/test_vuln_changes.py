@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Image, ImageTarget, PackageFinding, PackageVersion, VulnChange
 from models import vuln_records as store
 from models.db import make_engine, make_sessionmaker, transaction
-from models.findings import Counts, current_at, findings_of
+from models.findings import current_at, findings_of
+from models.package_versions import Counts
 from regscan.db import upgrade
 from scanner.vulns import osv
 from tests.conftest import _postgres_database, _sqlite_url

@@ -20,10 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import keys
-from models import Image, findings, vuln_records
+from models import Image, findings, package_versions, vuln_records
 from models.base import utcnow
 from models.db import transaction
-from models.findings import ImageTarget, PackageRef, PackageVersion
+from models.findings import ImageTarget
+from models.package_versions import PackageRef, PackageVersion
 from scanner.vulns import matching, osv
 from worker.runtime import Runtime
 
@@ -194,15 +195,15 @@ def link_images(
         held.update(*(_held(session, image) for image in linked))
     links = {image.id: _links(image) for image in fresh}
     refs = {ref.key: ref for image_links in links.values() for ref in image_links}
-    known = findings.ensure_package_versions(session, refs.values())
+    known = package_versions.ensure_package_versions(session, refs.values())
     unmatched = {k.id: refs[key] for key, k in known.items() if k.matched_generation is None}
     matched = _match(session, unmatched, memo)
-    findings.store_matches(session, matched, generation)
-    counts = {pv_id: findings.Counts.of(found) for pv_id, found in matched.items()}
+    package_versions.store_matches(session, matched, generation)
+    counts = {pv_id: package_versions.Counts.of(found) for pv_id, found in matched.items()}
     stale: list[int] = []
     if caught_up < generation:
         held.update(k.id for k in known.values())
-        stale = _changed(session, memo, findings.behind(session, generation, ids=held))
+        stale = _changed(session, memo, package_versions.behind(session, generation, ids=held))
     behind = set(stale)
     linking = []
     for image in fresh:
@@ -220,7 +221,7 @@ def _held(session: Session, image: Image) -> list[int]:
     return list(session.scalars(stmt))
 
 
-def _changed(session: Session, memo: MatchMemo, due: Sequence[findings.Due]) -> list[int]:
+def _changed(session: Session, memo: MatchMemo, due: Sequence[package_versions.Due]) -> list[int]:
     """Ids of those of ``due`` (package versions matched before the memo's generation)
     that a change of the data since the findings were last all current names."""
     if not due:
@@ -267,7 +268,7 @@ def stale_among(
     for chunk in vuln_records.chunks(sorted(set(image_ids))):
         stmt = select(ImageTarget.package_version_id).where(ImageTarget.image_id.in_(chunk))
         ids.update(session.scalars(stmt))
-    due = findings.behind(session, generation, ids=ids)
+    due = package_versions.behind(session, generation, ids=ids)
     return _changed(session, memo_for(generation), due)
 
 
@@ -295,7 +296,7 @@ def refresh(sessions: sessionmaker[Session], pv_ids: Sequence[int]) -> RematchCo
         findings.lock_for_refresh(session)
         generation = vuln_records.current_generation(session)
         memo = memo_for(generation)
-        due = _changed(session, memo, findings.behind(session, generation, ids=pv_ids))
+        due = _changed(session, memo, package_versions.behind(session, generation, ids=pv_ids))
         _refresh(session, due, generation, memo, counts)
     return counts
 
@@ -335,9 +336,11 @@ def _due(
     change since ``caught_up`` names."""
     changed = _changed_since(session, caught_up, memo)
     if changed is None:  # too many changes to compare: every package version
-        return [pv_id for pv_id, _e, _n in findings.behind_any(session, generation, limit)]
+        return [pv_id for pv_id, _e, _n in package_versions.behind_any(session, generation, limit)]
     names = {name for _eco, name in changed}
-    return _changed(session, memo, findings.behind(session, generation, names=names))[:limit]
+    return _changed(session, memo, package_versions.behind(session, generation, names=names))[
+        :limit
+    ]
 
 
 def _changed_since(
@@ -358,9 +361,9 @@ def _refresh(
     """Match ``due`` again and carry the changes to the counts of the images holding them."""
     if not due:
         return
-    refs = findings.refs_of(session, due)
+    refs = package_versions.refs_of(session, due)
     matched = _match(session, refs, memo)
-    changes = findings.store_matches(session, matched, generation)
+    changes = package_versions.store_matches(session, matched, generation)
     counts.versions_matched += len(matched)
     counts.findings_written += sum(len(found) for found in matched.values())
     counts.images_changed += findings.apply_changes(session, changes)
