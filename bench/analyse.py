@@ -145,7 +145,7 @@ def child(path: str, digest: str, inflater: str, read_ahead: str) -> None:
 def inflate_cpu(path: str, inflater: str) -> float:
     """CPU seconds the inflater alone takes over the layer, in this thread (the
     machine's other work does not count, as it does in wall seconds)."""
-    from scanner.inventory.streams import INFLATERS, GzipMembers
+    from scanner.inventory.codecs import INFLATERS, GzipMembers
 
     with open(path, "rb") as stream:
         members = GzipMembers(stream, INFLATERS[inflater])
@@ -167,7 +167,7 @@ def peak_rss_kib() -> int:
 def ways() -> list[tuple[str, bool]]:
     """(inflater, read-ahead) pairs to time: every inflater installed, with and without
     the read-ahead thread, the default first."""
-    from scanner.inventory.streams import INFLATER, INFLATERS
+    from scanner.inventory.codecs import INFLATER, INFLATERS
 
     names = [INFLATER, *(name for name in INFLATERS if name != INFLATER)]
     return [(name, read_ahead) for name in names for read_ahead in (True, False)]
