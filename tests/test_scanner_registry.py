@@ -25,7 +25,7 @@ from scanner.errors import (
     RegistryUnavailable,
     ScanStopped,
 )
-from scanner.registry.client import RegistryClient, SessionPool
+from scanner.registry.client import RegistryClient
 from scanner.registry.images import PlatformImage, newest_first, resolve_image
 from scanner.registry.manifests import (
     DOCKER_MANIFEST,
@@ -34,6 +34,7 @@ from scanner.registry.manifests import (
     OCI_MANIFEST,
     ManifestRef,
 )
+from scanner.registry.transport import SessionPool
 from testbed.images import (
     Blob,
     PushedImage,

@@ -31,7 +31,8 @@ from core.tasks import Publisher
 from models import credentials as credential_store
 from scanner.errors import ScanError
 from scanner.registry.auth import FixedAuthorization, RegistryAuth
-from scanner.registry.client import RegistryClient, SessionPool
+from scanner.registry.client import RegistryClient
+from scanner.registry.transport import SessionPool
 from scheduler.admission import Admission
 from scheduler.recovery import Recovery
 from scheduler.wiring import Wiring, wire

@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -57,10 +56,12 @@ from scanner.registry.manifests import (
 from scanner.registry.transport import (
     CHUNK,
     RETRY_STATUSES,
+    SessionPool,
     failure,
     pause,
     read_capped,
     retry_policy,
+    retrying_session,
 )
 
 log = logging.getLogger(__name__)
@@ -70,48 +71,6 @@ T = TypeVar("T")
 _MAX_PAGE_BYTES = 8 << 20
 _MAX_ERROR_BYTES = 8 << 10
 _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")  # as the distribution spec names them
-_POOL_SIZE = 32  # connections kept open per host
-
-
-class SessionPool:
-    """HTTP sessions kept for a whole process, one per registry and retry policy, so
-    that scans one after another reuse their connections instead of opening (and over
-    TLS, negotiating) new ones. Each session retries for every host, as a client's own
-    does. Clients in several threads may share one: requests' connection pools are
-    thread-safe, and nothing is mounted on a session after it is made.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._sessions: dict[tuple[str, int, float, float], requests.Session] = {}
-
-    def session(
-        self, base_url: str, retries: int, backoff: float, backoff_max: float
-    ) -> requests.Session:
-        """The session for this registry and policy, made the first time it is asked."""
-        key = (base_url, retries, backoff, backoff_max)
-        with self._guard:
-            if key not in self._sessions:
-                self._sessions[key] = _retrying_session(retries, backoff, backoff_max)
-            return self._sessions[key]
-
-    def close(self) -> None:
-        with self._guard:
-            sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            session.close()
-
-
-def _retrying_session(retries: int, backoff: float, backoff_max: float) -> requests.Session:
-    session = requests.Session()
-    # Room for every layer a worker's scans read at once, so none opens a connection
-    # only to throw it away afterwards.
-    adapter = HTTPAdapter(
-        max_retries=retry_policy(retries, backoff, backoff_max), pool_maxsize=_POOL_SIZE
-    )
-    for prefix in ("http://", "https://"):
-        session.mount(prefix, adapter)
-    return session
 
 
 class RegistryClient:
@@ -165,7 +124,7 @@ class RegistryClient:
             adapter = HTTPAdapter(max_retries=retry_policy(retries, backoff, backoff_max))
             self._session.mount(f"{self.base_url}/", adapter)
         else:
-            self._session = _retrying_session(retries, backoff, backoff_max)
+            self._session = retrying_session(retries, backoff, backoff_max)
 
     def __enter__(self) -> RegistryClient:
         return self

@@ -3,15 +3,18 @@
 Retries of idempotent requests (GET, HEAD) are left to urllib3's ``Retry`` on the
 session's adapter, with a pause before every retry and a cap on ``Retry-After``.
 Bodies are read with a size cap, so a hostile registry cannot make us buffer more
-than we asked for.
+than we asked for. Sessions are kept per process (``SessionPool``), so scans one after
+another reuse their connections.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
@@ -23,6 +26,7 @@ from urllib3.util.retry import Retry
 
 from scanner.errors import ScanError
 
+_POOL_SIZE = 32  # connections kept open per host
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 CHUNK = 64 << 10
 
@@ -104,3 +108,44 @@ def describe(cause: BaseException) -> str:
     if isinstance(cause, ProtocolError):
         return f"connection lost: {cause.args[-1] if cause.args else cause}"
     return str(cause) or type(cause).__name__
+
+
+class SessionPool:
+    """HTTP sessions kept for a whole process, one per registry and retry policy, so
+    that scans one after another reuse their connections instead of opening (and over
+    TLS, negotiating) new ones. Each session retries for every host, as a client's own
+    does. Clients in several threads may share one: requests' connection pools are
+    thread-safe, and nothing is mounted on a session after it is made.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._sessions: dict[tuple[str, int, float, float], requests.Session] = {}
+
+    def session(
+        self, base_url: str, retries: int, backoff: float, backoff_max: float
+    ) -> requests.Session:
+        """The session for this registry and policy, made the first time it is asked."""
+        key = (base_url, retries, backoff, backoff_max)
+        with self._guard:
+            if key not in self._sessions:
+                self._sessions[key] = retrying_session(retries, backoff, backoff_max)
+            return self._sessions[key]
+
+    def close(self) -> None:
+        with self._guard:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.close()
+
+
+def retrying_session(retries: int, backoff: float, backoff_max: float) -> requests.Session:
+    session = requests.Session()
+    # Room for every layer a worker's scans read at once, so none opens a connection
+    # only to throw it away afterwards.
+    adapter = HTTPAdapter(
+        max_retries=retry_policy(retries, backoff, backoff_max), pool_maxsize=_POOL_SIZE
+    )
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    return session
