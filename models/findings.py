@@ -18,7 +18,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Select, Text, delete, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Select,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base
@@ -130,35 +147,55 @@ def link_images(session: Session, links: Sequence[tuple[Image, Holding, int]]) -
     session.flush()
 
 
+# What a refresh changed, per package version: in a table of the connection's own, so
+# that one statement adds it up per image and updates every image holding them.
+_CHANGES = Table(
+    "package_version_changes",
+    MetaData(),
+    Column("package_version_id", BigInteger, primary_key=True),
+    *(Column(column, Integer, nullable=False) for column in COUNT_COLUMNS),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DELETE ROWS",
+)
+
+
 def apply_changes(session: Session, changes: Mapping[int, Counts]) -> int:
-    """Add each package version's change of counts to the images holding it; how many
-    images changed. Images whose changes add up the same are updated by one statement.
-    Under :func:`lock_for_refresh`."""
-    changed = {pv_id: c for pv_id, c in changes.items() if c}
+    """Add each package version's change of counts to the images holding it, in one
+    statement whatever number of images hold them; how many images changed. Under
+    :func:`lock_for_refresh`."""
+    changed = [
+        {"package_version_id": pv_id, **dict(zip(COUNT_COLUMNS, c.values(), strict=True))}
+        for pv_id, c in sorted(changes.items())
+        if c
+    ]
     if not changed:
         return 0
-    per_image: dict[int, list[int]] = defaultdict(lambda: [0] * len(COUNT_COLUMNS))
-    for chunk in chunks(sorted(changed)):
-        stmt = select(ImageTarget.image_id, ImageTarget.package_version_id).where(
-            ImageTarget.package_version_id.in_(chunk)
+    connection = session.connection()
+    _CHANGES.create(connection, checkfirst=True)
+    connection.execute(delete(_CHANGES))  # SQLite keeps rows past commit
+    connection.execute(insert(_CHANGES), changed)
+    sums = {column: func.sum(_CHANGES.c[column]) for column in COUNT_COLUMNS}
+    per_image = (
+        select(ImageTarget.image_id, *(total.label(c) for c, total in sums.items()))
+        .join(_CHANGES, _CHANGES.c.package_version_id == ImageTarget.package_version_id)
+        .group_by(ImageTarget.image_id)
+        .having(or_(*(total != 0 for total in sums.values())))
+        .subquery()
+    )
+    stmt = (
+        update(Image)
+        .where(Image.id == per_image.c.image_id)
+        .values(
+            {
+                f"vulns_{column}": getattr(Image, f"vulns_{column}") + per_image.c[column]
+                for column in COUNT_COLUMNS
+            }
         )
-        for image_id, pv_id in session.execute(stmt):
-            total = per_image[image_id]
-            for n, value in enumerate(changed[pv_id].values()):
-                total[n] += value
-    by_change: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for image_id, total in per_image.items():
-        if any(total):
-            by_change[tuple(total)].append(image_id)
-    for change, image_ids in by_change.items():
-        values = {
-            f"vulns_{column}": getattr(Image, f"vulns_{column}") + delta
-            for column, delta in zip(COUNT_COLUMNS, change, strict=True)
-            if delta
-        }
-        for chunk in chunks(sorted(image_ids)):
-            session.execute(update(Image).where(Image.id.in_(chunk)).values(values))
-    return sum(len(ids) for ids in by_change.values())
+        .execution_options(synchronize_session=False)
+    )
+    updated = session.execute(stmt).rowcount  # type: ignore[attr-defined]
+    connection.execute(delete(_CHANGES))
+    return int(updated or 0)
 
 
 def current_at(image: Image, findings_generation: int) -> int | None:
