@@ -300,7 +300,9 @@ def test_stop_jobs_and_status(
     repo = f"{name}/app"
     for n in range(3):
         pusher.push_image(repo, f"v{n}", {f"f{n}": f"{n}".encode()})
-    slow_registry.delay(2, path_prefix=f"/v2/{repo}/manifests")
+    # Slow enough that the sweep still runs after the CLI has started three times on a
+    # busy machine; a stop ends it at its next image.
+    slow_registry.delay(8, path_prefix=f"/v2/{repo}/manifests")
     api.set_specs(spec(f"http://{slow_registry.host}", repo, cap=0, scanners=1))
     cli.login()
     started = cli.run("scan")

@@ -225,6 +225,12 @@ def test_s5_a_nul_in_basic_credentials_is_an_invalid_login(stack: Stack):
 # -- S6: bodies bounded, and read only after authentication --------------------------------
 
 
+def _viewer_seconds(viewer: Api) -> float:
+    started = time.monotonic()
+    assert viewer.get(f"{V1}/registry/scans?limit=1").status_code == 200
+    return time.monotonic() - started
+
+
 def _rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
@@ -567,6 +573,7 @@ def test_s4_a_flood_of_wrong_passwords_is_refused_and_leaves_other_users_served(
         unknown = sorted(_login_seconds(strict, "nobody-at-all") for _ in range(3))[1]
         assert 0.5 < unknown / known < 2, (known, unknown)
         before = _rss_mib(stack.procs["strict-api"].pid)
+        quiet = sorted(_viewer_seconds(viewer) for _ in range(15))[7]
 
         # When 300 wrong passwords arrive from 30 threads while a viewer keeps working
         answers: list[int] = []
@@ -581,9 +588,7 @@ def test_s4_a_flood_of_wrong_passwords_is_refused_and_leaves_other_users_served(
 
         def keep_working() -> None:
             while not done.is_set():
-                started = time.monotonic()
-                assert viewer.get(f"{V1}/registry/scans?limit=1").status_code == 200
-                latencies.append(time.monotonic() - started)
+                latencies.append(_viewer_seconds(viewer))
                 time.sleep(0.05)
 
         watcher = threading.Thread(target=keep_working)
@@ -601,9 +606,10 @@ def test_s4_a_flood_of_wrong_passwords_is_refused_and_leaves_other_users_served(
         assert sorted(set(answers)) == [401, 429], answers
         assert answers.count(401) <= 10 - 6  # the six timed above count too
         # (bench/logins.py measures it on a quiet machine: under 100 ms; a test on a
-        # busy machine only checks the viewer is not held up behind the flood)
+        # busy machine only checks the viewer is not held up behind the flood, against
+        # its own requests just before it)
         latencies.sort()
-        assert latencies[len(latencies) // 2] < 0.25, latencies
+        assert latencies[len(latencies) // 2] < max(0.25, 4 * quiet), (quiet, latencies)
         assert _rss_mib(stack.procs["strict-api"].pid) - before < 300
         refused = requests.get(strict.base + f"{V1}/registry", auth=(ADMIN[0], "x"), timeout=10)
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
