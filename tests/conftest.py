@@ -54,13 +54,28 @@ PROCESS_STACK_FIXTURES = frozenset({"stack", "api", "db", "keyed"})
 BUILT_FIXTURES = frozenset({"go_binaries", "go_semver", "node_semver"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if PROCESS_STACK_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.e2e)
         if BUILT_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.slow)
+    # A process stack takes seconds to start: behaviour that does not depend on the
+    # database (a client of the API, the shape of log lines) runs on SQLite only.
+    other_backend = [item for item in items if _sqlite_only(item) and _on_postgresql(item)]
+    if other_backend:
+        config.hook.pytest_deselected(items=other_backend)
+        items[:] = [item for item in items if item not in other_backend]
+
+
+def _sqlite_only(item: pytest.Item) -> bool:
+    return item.get_closest_marker("sqlite_only") is not None
+
+
+def _on_postgresql(item: pytest.Item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "postgresql" in (params.get("database_url"), params.get("own_database"))
 
 
 # -- services ------------------------------------------------------------------------

@@ -29,6 +29,9 @@ from testbed.stack import ADMIN, Api, Stack
 from tests.test_inventory import dist_info
 from tests.test_vulns import HIGH_V3, Ids, cvss, hit, osv_record, write_records
 
+# The CLI is a client of the HTTP API: what it shows does not depend on the database.
+pytestmark = pytest.mark.sqlite_only
+
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -29,6 +29,9 @@ from testbed.stack import ADMIN, Api, Stack, wait_for
 from tests.conftest import stack_env
 from tests.test_credentials import write_htpasswd
 
+# The shape of a log line does not depend on the database.
+pytestmark = pytest.mark.sqlite_only
+
 # Unique per run: finding one anywhere means it leaked.
 REGISTRY_PASSWORD = f"reg-pw-{uuid.uuid4().hex}"
 WRONG_REGISTRY_PASSWORD = f"reg-wrong-{uuid.uuid4().hex}"
