@@ -154,12 +154,53 @@ def record_results(
     # Before any image row is written: re-matching writes image rows too, holding this
     # lock alone, so taking it later could wait on a holder waiting on us.
     lock_for_linking(session)
+    return _record(session, item, found, tag_digest, analyser_version)
+
+
+Scanned = tuple[ImageScan, Sequence[tuple[PlatformImageLike, InventoryLike | None]], str]
+
+
+def record_many(
+    session: Session, scanned: Sequence[Scanned], analyser_version: int
+) -> list[ScanResult]:
+    """:func:`record_results` of many items, each (item, found, tag digest), in one go."""
+    lock_for_linking(session)  # first, as in record_results
+    stored: list[ScanResult] = []
+    for item, found, tag_digest in scanned:
+        stored += _record(session, item, found, tag_digest, analyser_version)
+    return stored
+
+
+def store_image(
+    session: Session,
+    registry_host: str,
+    repository: str,
+    found: PlatformImageLike,
+    inventory: InventoryLike,
+    analyser_version: int,
+) -> Image:
+    """Store an image with its new inventory ahead of the results that will name it, so
+    that others scanning the same image meanwhile find it stored."""
+    lock_for_linking(session)  # first, as in record_results
+    image = _upsert_image(session, registry_host, repository, found)
+    _set_inventory(session, image, inventory, analyser_version)
+    session.flush()
+    return image
+
+
+def _record(
+    session: Session,
+    item: ImageScan,
+    found: Sequence[tuple[PlatformImageLike, InventoryLike | None]],
+    tag_digest: str,
+    analyser_version: int,
+) -> list[ScanResult]:
     if item.tag:
         _upsert_tag(session, item, tag_digest)
     _retire_latest(session, item)
     results = []
     for platform_image, inventory in found:
-        image = _upsert_image(session, item, platform_image)
+        image = _upsert_image(session, item.registry_host, item.repository, platform_image)
         if inventory is not None:
             _set_inventory(session, image, inventory, analyser_version)
         results.append(_add_result(session, item, image=image, platform=image.platform))
@@ -244,12 +285,12 @@ def _upsert_tag(session: Session, item: ImageScan, digest: str) -> None:
         tag.digest = digest
 
 
-def _upsert_image(session: Session, item: ImageScan, found: PlatformImageLike) -> Image:
-    image = find_image(session, item.registry_host, item.repository, found.digest)
+def _upsert_image(
+    session: Session, registry_host: str, repository: str, found: PlatformImageLike
+) -> Image:
+    image = find_image(session, registry_host, repository, found.digest)
     if image is None:
-        image = Image(
-            registry_host=item.registry_host, repository=item.repository, digest=found.digest
-        )
+        image = Image(registry_host=registry_host, repository=repository, digest=found.digest)
         session.add(image)
     image.media_type = found.media_type
     image.index_digest = found.index_digest
