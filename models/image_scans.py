@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, func, select, update
 from sqlalchemy import true as sql_true
@@ -35,6 +35,7 @@ class ItemStatus(enum.Enum):
 
 
 IN_FLIGHT = (ItemStatus.QUEUED, ItemStatus.RUNNING)
+_Key = TypeVar("_Key", int, str)
 
 
 class ImageScan(Base):
@@ -310,7 +311,7 @@ def keep_alive(session: Session, item_ids: Sequence[int]) -> None:
         )
 
 
-def chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
+def chunks(ids: Sequence[_Key], size: int = 500) -> Iterable[Sequence[_Key]]:
     """Bound the parameters of one IN list (SQLite allows a few thousand at most)."""
     for start in range(0, len(ids), size):
         yield ids[start : start + size]

@@ -25,9 +25,7 @@ def test_tags_sharing_an_image_have_it_fetched_and_scanned_once_per_sweep(
     # Given four tags on one image (as debian:12 and debian:bookworm), swept two batches
     # at a time, so that two workers meet the image at once
     repo = f"{name}/debian"
-    image = pusher.push_image(
-        repo, "12", {"etc/os-release": b"ID=debian\n", "id": name.encode()}
-    )
+    image = pusher.push_image(repo, "12", {"etc/os-release": b"ID=debian\n", "id": name.encode()})
     for alias in ("bookworm", "latest", "stable"):
         pusher.push_manifest(repo, alias, image.manifest_bytes, DOCKER_MANIFEST)
     slow_registry.delay(0.3, path_prefix=f"/v2/{repo}/manifests")

@@ -25,8 +25,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from core import keys
 from core.logs import log_context
 from models import Image, ImageScan, ItemStatus, image_scans, results, vuln_records
+from models import images as images_store
 from models.db import transaction
 from models.fencing import Fenced, fence, finish_items
+from models.image_scans import chunks
 from scanner.errors import ScanError, ScanStopped
 from scanner.inventory.packages import ANALYSER_VERSION
 from scanner.inventory.results import Inventory
@@ -41,7 +43,7 @@ from worker.images import (
     check_tag_points_at,
     stop_checkpoint,
 )
-from worker.inventory import KnownImages, LayerCache, take_inventory
+from worker.inventory import KnownImages, LayerCache, stored_platform_image, take_inventory
 from worker.runtime import Runtime
 from worker.telemetry import image_scan
 
@@ -52,6 +54,25 @@ log = logging.getLogger(__name__)
 # the other holds (two indexes listing shared images in different orders) must not wait
 # for ever.
 IMAGE_WAIT_SECONDS = 60.0
+
+
+# The stop flag is read before a registry request at most this often: an unchanged image
+# is a single request, and a Redis round trip for each would cost about as much.
+STOP_READ_SECONDS = 0.25
+
+
+def _every(seconds: float, check: Callable[[], None]) -> Callable[[], None]:
+    """``check``, skipped when it passed less than ``seconds`` ago."""
+    passed = -seconds
+
+    def checkpoint() -> None:
+        nonlocal passed
+        now = time.monotonic()
+        if now - passed >= seconds:
+            check()  # raises ScanStopped once the sweep is stopped, every time after
+            passed = now
+
+    return checkpoint
 
 
 @dataclass
@@ -74,9 +95,10 @@ def scan_batch(rt: Runtime, pairs: Sequence[tuple[int, int]]) -> None:
         log.info("%d of %d images of the batch are stale; skipped", stale, len(pairs))
     if not items:
         return
-    checkpoint = stop_checkpoint(rt, items[0].job_id)
+    checkpoint = _every(STOP_READ_SECONDS, stop_checkpoint(rt, items[0].job_id))
     writer = BatchWriter(rt, items)
     with Describer(rt, checkpoint) as describer:
+        describer.expect(items)
         stopped = False
         for n, item in enumerate(items):
             if regular.SHUTTING_DOWN.is_set():
@@ -124,6 +146,21 @@ class Describer:
         self.checkpoint = checkpoint
         self.locks = LayerCache(rt, checkpoint)  # its leases: the images' locks
         self.met: dict[tuple[str, str, str], PlatformImage] = {}
+
+    def expect(self, items: Sequence[ImageScan]) -> None:
+        """Read at once the images the items' tags pointed at when last seen: in an
+        unchanged sweep, every image the batch will meet."""
+        tags: dict[tuple[str, str], list[str]] = {}
+        for item in items:
+            if item.tag:
+                tags.setdefault((item.registry_host, item.repository), []).append(item.tag)
+        with self.rt.sessions() as session:
+            for (host, repo), names in tags.items():
+                for some in chunks(names):
+                    for image in images_store.described_by_tags(
+                        session, host, repo, some, ANALYSER_VERSION
+                    ):
+                        self.met[(host, repo, image.digest)] = stored_platform_image(image)
 
     def __enter__(self) -> Describer:
         return self
@@ -335,8 +372,7 @@ class BatchWriter:
             ]
             stale: list[int] = []
             if scanned:
-                stored = results.record_many(session, scanned, ANALYSER_VERSION)
-                ids = sorted({r.image_id for r in stored if r.image_id is not None})
+                ids = results.record_many(session, scanned, ANALYSER_VERSION)
                 images = [session.get_one(Image, image_id) for image_id in ids]
                 # Findings in the same transaction: a result is never seen without them.
                 stale = rematch.link_images(session, images)

@@ -196,10 +196,12 @@ class KnownImages:
     def stored(self, digest: str) -> PlatformImage | None:
         """The image as stored by this analyser version, or None."""
         with self.rt.sessions() as session:
-            image = images_store.find_image(session, self.registry_host, self.repository, digest)
-        if image is None or image.analyser_version != ANALYSER_VERSION:
-            return None
-        return stored_platform_image(image)
+            image = images_store.find_described(
+                session, self.registry_host, self.repository, digest
+            )
+            if image is None or image.analyser_version != ANALYSER_VERSION:
+                return None
+            return stored_platform_image(image)
 
 
 def stored_platform_image(image: Image) -> PlatformImage:
