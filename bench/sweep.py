@@ -76,12 +76,6 @@ class Phase:
     served: Served
     cpu_seconds: float | None = None  # the worker's, user and system
 
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time a process has used so far (Linux /proc), user and system."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     @property
     def per_second(self) -> float:
         return self.tags / self.seconds if self.seconds else 0.0
@@ -89,6 +83,12 @@ def cpu_seconds(pid: int) -> float:
     @property
     def per_tag(self) -> float:
         return self.served.requests / self.tags if self.tags else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (Linux /proc), user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from scanner.inventory.results import Inventory
 from scanner.registry.images import PlatformImage, resolve_image
 from worker import regular, rematch
 from worker.images import (
+    SERVICES_AWAY,
     WRITE_BACKOFF,
     WRITE_TRIES,
     Found,
@@ -99,42 +100,75 @@ def scan_batch(rt: Runtime, pairs: Sequence[tuple[int, int]]) -> None:
     writer = BatchWriter(rt, items)
     with Describer(rt, checkpoint) as describer:
         describer.expect(items)
-        stopped = False
-        for n, item in enumerate(items):
-            if regular.SHUTTING_DOWN.is_set():
-                # A rolling restart waits for running tasks: the rest of the batch goes
-                # back to the sweep rather than hold this worker up.
-                writer.flush(holding=[])
-                writer.give_back(items[n:])
-                return
-            name = f"{item.registry_host}/{item.repository}:{item.tag or item.digest}"
-            with log_context(job=item.job_id, image=name), image_scan("regular") as outcome:
-                if stopped:
-                    outcome.skipped()
-                    writer.add(Outcome(item, ItemStatus.SKIPPED))
-                    continue
-                try:
-                    checkpoint()
-                    found = describer.scan(item)
-                except ScanStopped:
-                    stopped = True
-                    outcome.skipped()
-                    writer.add(Outcome(item, ItemStatus.SKIPPED))
-                except TagMismatch as exc:
-                    # A refusal, not a scan: the tag's results stay as they were.
-                    outcome.failed(exc)
-                    log.warning("image_scan=%s refused: %s", item.id, exc)
-                    writer.add(Outcome(item, ItemStatus.FAILED, error=str(exc), record=False))
-                except ScanError as exc:
-                    outcome.failed(exc)
-                    log.warning("image_scan=%s failed: %s", item.id, exc)
-                    writer.add(Outcome(item, ItemStatus.FAILED, error=str(exc)))
-                else:
-                    writer.add(Outcome(item, ItemStatus.DONE, found=found))
-                    log.debug("image_scan=%s scanned: %d platform images", item.id, len(found))
-            if writer.due() and not writer.flush(holding=items[n + 1 :]):
-                return  # the sweep was taken over: what is left is the new holder's
+        try:
+            _scan_items(items, describer, writer, checkpoint)
+        except SERVICES_AWAY:
+            # The items stay running: the orchestrator's next holder, or its check for
+            # stuck images, hands them out again once the service is back.
+            raise
+        except Exception as exc:
+            _salvage(writer, items, exc)
+            raise
+
+
+def _scan_items(
+    items: Sequence[ImageScan],
+    describer: Describer,
+    writer: BatchWriter,
+    checkpoint: Callable[[], None],
+) -> None:
+    stopped = False
+    for n, item in enumerate(items):
+        if regular.SHUTTING_DOWN.is_set():
+            # A rolling restart waits for running tasks: the rest of the batch goes back
+            # to the sweep rather than hold this worker up.
+            writer.flush(holding=[])
+            writer.give_back(items[n:])
+            return
+        name = f"{item.registry_host}/{item.repository}:{item.tag or item.digest}"
+        with log_context(job=item.job_id, image=name), image_scan("regular") as outcome:
+            if stopped:
+                outcome.skipped()
+                writer.add(Outcome(item, ItemStatus.SKIPPED))
+                continue
+            try:
+                checkpoint()
+                found = describer.scan(item)
+            except ScanStopped:
+                stopped = True
+                outcome.skipped()
+                writer.add(Outcome(item, ItemStatus.SKIPPED))
+            except TagMismatch as exc:
+                # A refusal, not a scan: the tag's results stay as they were.
+                outcome.failed(exc)
+                log.warning("image_scan=%s refused: %s", item.id, exc)
+                writer.add(Outcome(item, ItemStatus.FAILED, error=str(exc), record=False))
+            except ScanError as exc:
+                outcome.failed(exc)
+                log.warning("image_scan=%s failed: %s", item.id, exc)
+                writer.add(Outcome(item, ItemStatus.FAILED, error=str(exc)))
+            else:
+                writer.add(Outcome(item, ItemStatus.DONE, found=found))
+                log.debug("image_scan=%s scanned: %d platform images", item.id, len(found))
+        if writer.due() and not writer.flush(holding=items[n + 1 :]):
+            return  # the sweep was taken over: what is left is the new holder's
     writer.flush(holding=[])
+
+
+def _salvage(writer: BatchWriter, items: Sequence[ImageScan], exc: Exception) -> None:
+    """An unexpected error: keep what the batch scanned, end the image it was at failed,
+    saying why, and hand the others back to the sweep, rather than leave them all running
+    until they count as stuck."""
+    reached = writer.reached
+    rest = [item for item in items if item.id not in reached]
+    try:
+        if rest:
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            writer.add(Outcome(rest[0], ItemStatus.FAILED, error=error))
+        if writer.flush(holding=[]) and len(rest) > 1:
+            writer.give_back(rest[1:])
+    except Exception:
+        log.exception("job=%s a failed batch could not be wound up", writer.job_id)
 
 
 class Describer:
@@ -276,9 +310,11 @@ class BatchWriter:
         self.token = items[0].fence
         self.outcomes: list[Outcome] = []
         self.since = time.monotonic()
+        self.reached: set[int] = set()  # the ids of the items with an outcome
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        self.reached.add(outcome.item.id)
 
     def due(self) -> bool:
         s = self.rt.settings
