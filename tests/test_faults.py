@@ -383,21 +383,3 @@ def test_a_sweeps_batched_writes_survive_a_database_outage_each_tag_once(
     assert done["status"] == "completed", done
     assert done["counts"] == {"total": 40, "scanned": 40, "failed": 0, "skipped": 0}
     assert _sweep_results_per_tag(outage, job_id) == dict.fromkeys(tags, 1)
-
-
-def test_a_sweeps_batched_writes_survive_redis_restarting_empty_each_tag_once(
-    outage: Outage, registry: RegistryServer, pusher: Pusher, name: str
-):
-    with FaultProxy.for_url(registry.url) as slow:
-        # Given a sweep whose tasks write their images in batches, under way
-        job_id, tags = _sweep_of_shared_images(outage, registry, pusher, name, slow)
-
-        # When Redis restarts empty (its queues, the lease and the image locks lost)
-        outage.restart_redis_empty()
-
-        # Then the sweep is taken over and completes, every tag scanned, with one result
-        # each
-        done = outage.api.wait_job(job_id, timeout=120)
-    assert done["status"] == "completed", done
-    assert done["counts"] == {"total": 40, "scanned": 40, "failed": 0, "skipped": 0}
-    assert _sweep_results_per_tag(outage, job_id) == dict.fromkeys(tags, 1)

@@ -38,7 +38,12 @@ def run_regular_scan(self, job_id: int) -> None:
         raise self.retry(countdown=ttl / 3 * random.uniform(0.5, 1.5))
 
 
-@app.task(name="regscan.scan_image")
+# Acknowledged when it starts, not when it returns: a batch runs for seconds, and a worker
+# holding unacknowledged messages when its broker connection drops (Redis restarting)
+# fails while handing them back, and dies. Nothing is lost: a batch's images are taken up
+# again by the sweep (its next lease holder, or its check for stuck images), never by
+# redelivery, which would come only after the broker's visibility timeout.
+@app.task(name="regscan.scan_image", acks_late=False)
 def scan_image(*items: int) -> None:
     """A batch of a sweep's images, as flat (item id, attempt) pairs: a message of one
     pair, as earlier versions sent, is a batch of one."""
