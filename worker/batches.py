@@ -16,6 +16,7 @@ had not reached end skipped.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,23 +58,46 @@ log = logging.getLogger(__name__)
 IMAGE_WAIT_SECONDS = 60.0
 
 
-# The stop flag is read before a registry request at most this often: an unchanged image
-# is a single request, and a Redis round trip for each would cost about as much.
+# The stop flag is read before a registry request at most this often, once for all the
+# batches of a sweep this process runs: an unchanged image is a single request, and a
+# Redis round trip for each would cost about as much.
 STOP_READ_SECONDS = 0.25
 
 
-def _every(seconds: float, check: Callable[[], None]) -> Callable[[], None]:
-    """``check``, skipped when it passed less than ``seconds`` ago."""
-    passed = -seconds
+class StopFlags:
+    """The sweeps' stop flags as this process last read them, shared by its threads."""
 
-    def checkpoint() -> None:
-        nonlocal passed
-        now = time.monotonic()
-        if now - passed >= seconds:
-            check()  # raises ScanStopped once the sweep is stopped, every time after
-            passed = now
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._read: dict[int, tuple[float, bool]] = {}  # job id -> (when, stopped)
 
-    return checkpoint
+    def checkpoint(self, rt: Runtime, job_id: int) -> Callable[[], None]:
+        """Raises ``ScanStopped`` once the sweep was stopped."""
+        check = stop_checkpoint(rt, job_id)
+
+        def checkpoint() -> None:
+            now = time.monotonic()
+            with self._guard:
+                when, stopped = self._read.get(job_id, (-STOP_READ_SECONDS, False))
+            if not stopped and now - when < STOP_READ_SECONDS:
+                return
+            try:
+                check()
+            except ScanStopped:
+                stopped = True
+                raise
+            finally:
+                with self._guard:
+                    self._read[job_id] = (now, stopped)
+                    if len(self._read) > 100:  # ended sweeps: forget the oldest reads
+                        oldest = sorted(self._read, key=lambda j: self._read[j][0])[:50]
+                        for old in oldest:
+                            del self._read[old]
+
+        return checkpoint
+
+
+STOP_FLAGS = StopFlags()
 
 
 @dataclass
@@ -96,7 +120,7 @@ def scan_batch(rt: Runtime, pairs: Sequence[tuple[int, int]]) -> None:
         log.info("%d of %d images of the batch are stale; skipped", stale, len(pairs))
     if not items:
         return
-    checkpoint = _every(STOP_READ_SECONDS, stop_checkpoint(rt, items[0].job_id))
+    checkpoint = STOP_FLAGS.checkpoint(rt, items[0].job_id)
     writer = BatchWriter(rt, items)
     with Describer(rt, checkpoint) as describer:
         describer.expect(items)
