@@ -11,11 +11,14 @@ database, API and one worker (regular and images queues):
   first sweep  POST /registry/scan, until the job completes
   unchanged    the same again: every image is known, so no blob should be fetched
 
-For each sweep: images (tags) per second, registry requests per tag and blob bytes sent,
-from the registry's access log. Ratios: each sweep's rate against the baseline's.
+For each sweep: images (tags) per second, registry requests per tag, blob bytes sent and
+blob GETs against the distinct blobs fetched (equal when each image's config and layer
+was fetched once, whatever number of tags point at it), from the registry's access log.
+Ratios: each sweep's rate against the baseline's.
 
     .venv/bin/python bench/sweep.py [--tags 10000] [--repositories 100]
-                                    [--tags-per-digest 3] [--database sqlite|postgresql]
+                                    [--tags-per-digest 3]
+                                    [--database sqlite|postgresql|both] [--py-spy DIR]
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +64,8 @@ _ACCESS = re.compile(
 class Served:
     requests: int = 0
     blob_bytes: int = 0
+    blob_gets: int = 0
+    blobs: set[str] = field(default_factory=set)  # the blob paths fetched at least once
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Phase:
     tags: int
     seconds: float
     served: Served
+    cpu_seconds: float | None = None  # the worker's, user and system
 
     @property
     def per_second(self) -> float:
@@ -75,6 +83,12 @@ class Phase:
     @property
     def per_tag(self) -> float:
         return self.served.requests / self.tags if self.tags else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (Linux /proc), user and system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -87,14 +101,21 @@ def counted(registry: RegistryServer) -> Iterator[Served]:
     after = _served(registry.read_log())
     served.requests = after.requests - before.requests
     served.blob_bytes = after.blob_bytes - before.blob_bytes
+    served.blob_gets = after.blob_gets - before.blob_gets
+    served.blobs = _served(registry.read_log(), since=before.requests).blobs
 
 
-def _served(log: str) -> Served:
+def _served(log: str, since: int = 0) -> Served:
+    """What the log says was served, leaving out its first ``since`` requests."""
     served = Served()
-    for m in _ACCESS.finditer(log):
+    for n, m in enumerate(_ACCESS.finditer(log)):
+        if n < since:
+            continue
         served.requests += 1
         if m["method"] == "GET" and "/blobs/" in m["path"]:
             served.blob_bytes += int(m["bytes"])
+            served.blob_gets += 1
+            served.blobs.add(m["path"])
     return served
 
 
@@ -129,7 +150,26 @@ def baseline(registry: RegistryServer, names: list[str]) -> Phase:
     return Phase("baseline: a bare manifest GET per tag", len(names), seconds, served)
 
 
-def sweep(name: str, base: str, registry: RegistryServer, tags: int) -> Phase:
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy's record of the worker while the block runs (raw, for a flame graph)."""
+    if out is None:
+        yield
+        return
+    spy = subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
+def sweep(name: str, base: str, registry: RegistryServer, tags: int, worker: int) -> Phase:
+    cpu = cpu_seconds(worker)
     with counted(registry) as served:
         started = time.perf_counter()
         r = requests.post(f"{base}/api/v1/registry/scan", auth=ADMIN, timeout=60)
@@ -140,7 +180,7 @@ def sweep(name: str, base: str, registry: RegistryServer, tags: int) -> Phase:
     counts = job["counts"]
     if job["status"] != "completed" or counts["scanned"] != tags:
         raise BenchError(f"{name}: {job['status']} with {json.dumps(counts)}, expected {tags}")
-    return Phase(name, tags, seconds, served)
+    return Phase(name, tags, seconds, served, cpu_seconds(worker) - cpu)
 
 
 def _wait(base: str, job_id: int) -> dict:
@@ -157,7 +197,9 @@ def report(phases: list[Phase], facts: list[str]) -> None:
     for p in phases:
         print(
             f"{p.name:<40} {p.per_second:8.1f} tags/s  {p.seconds:7.1f} s  "
-            f"{p.per_tag:5.2f} requests/tag  {p.served.blob_bytes:>12} blob bytes"
+            f"{p.per_tag:5.2f} requests/tag  {p.served.blob_bytes:>12} blob bytes  "
+            f"{p.served.blob_gets:>6} blob GETs of {len(p.served.blobs)} blobs"
+            + (f"  worker CPU {p.cpu_seconds / p.tags * 1000:.2f} ms/tag" if p.cpu_seconds else "")
         )
     for p in phases[1:]:
         print(f"ratio {p.name} / baseline: {p.per_second / base.per_second:.3f}")
@@ -166,18 +208,35 @@ def report(phases: list[Phase], facts: list[str]) -> None:
 
 
 def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
-    load = os.getloadavg()[0]
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="regscan-bench-")))
     registry = stack.enter_context(RegistryServer())
     started = time.perf_counter()
     names = populate(Pusher(registry.url), args.tags, args.repositories, args.tags_per_digest)
     print(f"pushed {len(names)} tags in {time.perf_counter() - started:.0f} s", flush=True)
-    database_url = open_database(args.database, stack, tmp)
+    kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    for kind in kinds:
+        with contextlib.ExitStack() as own:
+            measure(args, kind, registry, names, own, tmp / kind)
+    return 0
+
+
+def measure(
+    args: argparse.Namespace,
+    kind: str,
+    registry: RegistryServer,
+    names: list[str],
+    stack: contextlib.ExitStack,
+    tmp: Path,
+) -> None:
+    """The baseline and both sweeps on a database of ``kind`` of their own."""
+    load = os.getloadavg()[0]
+    tmp.mkdir()
+    database_url = open_database(kind, stack, tmp)
     redis = stack.enter_context(RedisServer())
     base = stack.enter_context(api_process(database_url, redis.url, tmp / "api.log"))
     env = {"REGSCAN_DATABASE_URL": database_url, "REGSCAN_REDIS_URL": redis.url}
     worker = ["worker", "--queues", "regular,images", "--concurrency", str(args.concurrency)]
-    stack.enter_context(regscan_process(worker, env, tmp / "worker.log"))
+    worker_process = stack.enter_context(regscan_process(worker, env, tmp / "worker.log"))
     spec = {
         "version": "2",
         "registry": registry.url,
@@ -193,17 +252,19 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     )
     r.raise_for_status()
     phases = [baseline(registry, names)]
-    phases.append(sweep("first sweep", base, registry, len(names)))
-    phases.append(sweep("unchanged sweep", base, registry, len(names)))
+    for phase in ("first sweep", "unchanged sweep"):
+        out = args.py_spy / f"{kind}-{phase.split()[0]}.txt" if args.py_spy else None
+        with profiled(worker_process.pid, out):
+            phases.append(sweep(phase, base, registry, len(names), worker_process.pid))
     facts = [
         f"registry: {args.repositories} repositories, {len(names)} tags, "
         f"{args.tags_per_digest} tags per image; worker: {args.concurrency} threads, "
         f"scanners={args.scanners}",
-        f"database: {database_facts(args.database, database_url)}",
-        f"machine: {os.cpu_count()} cores, 1-minute load {load:.2f} at the start",
+        f"database: {database_facts(kind, database_url)}",
+        f"machine: {os.cpu_count()} cores, 1-minute load {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end",
     ]
     report(phases, facts)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,9 +272,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tags", type=int, default=10_000)
     p.add_argument("--repositories", type=int, default=100)
     p.add_argument("--tags-per-digest", type=int, default=3)
-    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql", "both"],
+        default="sqlite",
+        help="both: one after the other, against the same registry",
+    )
     p.add_argument("--concurrency", type=int, default=8, help="worker threads (default 8)")
     p.add_argument("--scanners", type=int, default=16, help="images of the sweep at once")
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="record the worker with py-spy during each sweep (DIR/<database>-first.txt, ...)",
+    )
     args = p.parse_args(argv)
     return run_main(lambda stack: run(args, stack))
 

@@ -22,6 +22,14 @@ regscan:lock:layer:<digest>        redis-py Lock held while one worker downloads
                                    holder's lock frees within the TTL. Contention:
                                    others poll for it (checking for stop) and then read
                                    the analysis from the layer cache.
+regscan:lock:image:<sha256>        redis-py Lock held while one of a sweep's batches
+                                   describes and inventories an image (a manifest digest
+                                   in a repository; the key hashes registry, repository
+                                   and digest) and stores it, so tags pointing at it in
+                                   other batches fetch nothing of it; TTL and renewal as a
+                                   layer's. Contention: others poll for it (checking for
+                                   stop), then find the image stored; after a bounded wait
+                                   they describe it themselves.
 regscan:vulndb:refresh             the node name of the worker refreshing the configured
                                    vulnerability data sources this period; SET NX with a
                                    TTL of ``vulndb_refresh_seconds``, so one refresh fires
@@ -74,6 +82,8 @@ database.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 REGULAR_LOCK = "regscan:lock:regular-scan"
 REGULAR_FENCE = "regscan:fence:regular-scan"
@@ -133,3 +143,9 @@ def stop_flag(job_id: int) -> str:
 
 def layer_lock(digest: str) -> str:
     return f"regscan:lock:layer:{digest}"
+
+
+def image_lock(registry_host: str, repository: str, digest: str) -> str:
+    # Hashed: a repository name is as long as a registry lets it be.
+    name = f"{registry_host}/{repository}@{digest}".encode()
+    return f"regscan:lock:image:{hashlib.sha256(name).hexdigest()}"

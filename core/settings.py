@@ -186,6 +186,18 @@ class Settings(BaseSettings):
     dispatch_batch: int = Field(
         default=200, description="Discovered images written per transaction during discovery."
     )
+    sweep_batch: int = Field(
+        default=50,
+        ge=1,
+        description="Most images of a sweep one task carries; a specification's scanners "
+        "are that many tasks at once, each scanning its images one after the other.",
+    )
+    sweep_write_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How long a sweep's task keeps the images it scanned before it writes "
+        "them in one transaction (sooner when it has a whole batch).",
+    )
 
     schedule_min_period_ms: int = Field(
         default=3_600_000,

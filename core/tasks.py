@@ -8,7 +8,8 @@ sweep's thousands of images never delay an on-demand scan:
 task                        queue               what it does
 ==========================  ==================  =============================================
 regscan.run_regular_scan    regscan.regular     orchestrates one regular scan under the lease
-regscan.scan_image          regscan.images      scans one image of a regular scan
+regscan.scan_image          regscan.images      scans a batch of images of a regular scan
+                                                (args: item id, attempt, item id, ...)
 regscan.scan_on_demand      regscan.ondemand    runs one on-demand job again: its worker went
                                                 silent, or a service went away while it ran
 regscan.scan_on_demand_next regscan.ondemand    a slot: runs the next job of the team whose
@@ -103,6 +104,11 @@ class Publisher:
 
     def image_scan(self, item_id: int, attempt: int) -> None:
         self._send(TASK_IMAGE, item_id, attempt)
+
+    def image_scans(self, items: Sequence[tuple[int, int]]) -> None:
+        """One task for a batch of a sweep's images, given as (item id, attempt) pairs:
+        the pairs go flat, so a batch of one is the message ``image_scan`` sends."""
+        self._send(TASK_IMAGE, *(n for pair in items for n in pair))
 
     def on_demand(self, job_id: int, attempt: int | None) -> None:
         """Run this on-demand job again: the run on its ``attempt``-th attempt stopped

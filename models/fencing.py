@@ -10,13 +10,14 @@ heartbeat. Callers own the transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
 from models.base import rowcount, utcnow
-from models.image_scans import ImageScan, ItemStatus, item_counts, reset_in_flight
+from models.image_scans import ImageScan, ItemStatus, chunks, item_counts, reset_in_flight
 from models.jobs import ACTIVE_STATUSES, JobStatus, ScanJob
 
 
@@ -110,3 +111,50 @@ def finish_item(
         session.execute(
             update(ScanJob).where(ScanJob.id == item.job_id).values({counter: counter + 1})
         )
+
+
+def finish_items(
+    session: Session,
+    job_id: int,
+    token: int | None,
+    ends: Sequence[tuple[ImageScan, int, ItemStatus, str | None]],
+) -> set[int]:
+    """End a batch of one job's items, each (item, attempt, status, error), and count them
+    on the job; the ids of those ended. An item handed to someone else meanwhile is left
+    out; :class:`Fenced` when the job itself was taken over."""
+    fence(session, job_id, token)
+    groups: dict[tuple[int, ItemStatus, str | None], list[int]] = {}
+    for item, attempt, status, error in ends:
+        groups.setdefault((attempt, status, error), []).append(item.id)
+    ended: set[int] = set()
+    counted = {ItemStatus.DONE: 0, ItemStatus.FAILED: 0, ItemStatus.SKIPPED: 0}
+    now = utcnow()
+    for (attempt, status, error), ids in groups.items():
+        for chunk in chunks(ids):
+            stmt = (
+                update(ImageScan)
+                .where(
+                    ImageScan.id.in_(chunk),
+                    ImageScan.attempts == attempt,
+                    ImageScan.status == ItemStatus.RUNNING,
+                )
+                .values(status=status, error=error, finished_at=now)
+                .returning(ImageScan.id)
+                .execution_options(synchronize_session=False)
+            )
+            done = set(session.scalars(stmt))
+            ended |= done
+            if status in counted:
+                counted[status] += len(done)
+    values = {
+        column: column + n
+        for column, n in (
+            (ScanJob.images_scanned, counted[ItemStatus.DONE]),
+            (ScanJob.images_failed, counted[ItemStatus.FAILED]),
+            (ScanJob.images_skipped, counted[ItemStatus.SKIPPED]),
+        )
+        if n
+    }
+    if values:
+        session.execute(update(ScanJob).where(ScanJob.id == job_id).values(values))
+    return ended

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, func, select, update
 from sqlalchemy import true as sql_true
@@ -35,6 +35,7 @@ class ItemStatus(enum.Enum):
 
 
 IN_FLIGHT = (ItemStatus.QUEUED, ItemStatus.RUNNING)
+_Key = TypeVar("_Key", int, str)
 
 
 class ImageScan(Base):
@@ -163,6 +164,17 @@ def in_flight_by_spec(session: Session, job_id: int) -> dict[int, int]:
     return {pos: n for pos, n in session.execute(stmt)}
 
 
+def in_flight_ids_by_spec(session: Session, job_id: int) -> dict[int, set[int]]:
+    """The ids of the job's items queued or running, per specification."""
+    stmt = select(ImageScan.spec_position, ImageScan.id).where(
+        ImageScan.job_id == job_id, ImageScan.status.in_(IN_FLIGHT)
+    )
+    found: dict[int, set[int]] = {}
+    for position, item_id in session.execute(stmt):
+        found.setdefault(position, set()).add(item_id)
+    return found
+
+
 def pending_by_spec(session: Session, job_id: int) -> dict[int, int]:
     stmt = (
         select(ImageScan.spec_position, func.count())
@@ -176,23 +188,28 @@ def queue_items(
     session: Session, job_id: int, spec_position: int | None, limit: int, token: int | None
 ) -> list[tuple[int, int]]:
     """Mark up to ``limit`` pending items queued; return their (id, attempt) pairs."""
-    ids = session.scalars(
-        select(ImageScan.id)
+    rows = session.execute(
+        select(ImageScan.id, ImageScan.attempts)
         .where(ImageScan.job_id == job_id, ImageScan.status == ItemStatus.PENDING)
         .where(sql_true() if spec_position is None else ImageScan.spec_position == spec_position)
         .order_by(ImageScan.id)
         .limit(limit)
     ).all()
-    claimed: list[tuple[int, int]] = []
-    for item_id in ids:
-        item = session.get_one(ImageScan, item_id)
-        item.status = ItemStatus.QUEUED
-        item.fence = token
-        item.attempts += 1
-        item.queued_at = utcnow()
-        claimed.append((item.id, item.attempts))
-    session.flush()
-    return claimed
+    ids = [item_id for item_id, _attempts in rows]
+    # One statement for the lot: a sweep hands out thousands of images.
+    for chunk in chunks(ids):
+        session.execute(
+            update(ImageScan)
+            .where(ImageScan.id.in_(chunk))
+            .values(
+                status=ItemStatus.QUEUED,
+                fence=token,
+                attempts=ImageScan.attempts + 1,
+                queued_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return [(item_id, attempts + 1) for item_id, attempts in rows]
 
 
 def reset_in_flight(session: Session, job_id: int) -> None:
@@ -232,6 +249,72 @@ def claim_item(session: Session, item_id: int, attempt: int) -> ImageScan | None
     if rowcount(session.execute(stmt)) != 1:
         return None
     return session.get(ImageScan, item_id, populate_existing=True)
+
+
+def claim_items(session: Session, items: Sequence[tuple[int, int]]) -> list[ImageScan]:
+    """Start the items of a batch, leaving out those whose (id, attempt) is stale; the
+    items started, in the batch's order."""
+    by_attempt: dict[int, list[int]] = {}
+    for item_id, attempt in items:
+        by_attempt.setdefault(attempt, []).append(item_id)
+    started: set[int] = set()
+    now = utcnow()
+    for attempt, ids in by_attempt.items():
+        for chunk in chunks(ids):
+            stmt = (
+                update(ImageScan)
+                .where(
+                    ImageScan.id.in_(chunk),
+                    ImageScan.status == ItemStatus.QUEUED,
+                    ImageScan.attempts == attempt,
+                )
+                .values(status=ItemStatus.RUNNING, started_at=now)
+                .returning(ImageScan.id)
+                .execution_options(synchronize_session=False)
+            )
+            started.update(session.scalars(stmt))
+    if not started:
+        return []
+    loaded = {
+        item.id: item
+        for chunk in chunks(sorted(started))
+        for item in session.scalars(
+            select(ImageScan)
+            .where(ImageScan.id.in_(chunk))
+            .execution_options(populate_existing=True)
+        )
+    }
+    return [loaded[item_id] for item_id, _attempt in items if item_id in loaded]
+
+
+def give_back(session: Session, item_ids: Sequence[int]) -> None:
+    """Items a batch started but will not scan (its worker is stopping) are pending again,
+    for the sweep's orchestrator to hand out anew."""
+    for chunk in chunks(list(item_ids)):
+        session.execute(
+            update(ImageScan)
+            .where(ImageScan.id.in_(chunk), ImageScan.status == ItemStatus.RUNNING)
+            .values(status=ItemStatus.PENDING)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def keep_alive(session: Session, item_ids: Sequence[int]) -> None:
+    """Items a batch still holds are not stuck: their hand-out time moves on, so the
+    orchestrator does not hand them out again while the batch works through the others."""
+    for chunk in chunks(list(item_ids)):
+        session.execute(
+            update(ImageScan)
+            .where(ImageScan.id.in_(chunk), ImageScan.status == ItemStatus.RUNNING)
+            .values(queued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def chunks(ids: Sequence[_Key], size: int = 500) -> Iterable[Sequence[_Key]]:
+    """Bound the parameters of one IN list (SQLite allows a few thousand at most)."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
 
 
 def skip_items(session: Session, job_id: int, statuses: Iterable[ItemStatus]) -> int:

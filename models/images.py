@@ -22,7 +22,7 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 
 from models.base import Base, utcnow
 
@@ -107,6 +107,48 @@ def find_image(session: Session, registry_host: str, repository: str, digest: st
         Image.digest == digest,
     )
     return session.scalar(stmt)
+
+
+def find_described(
+    session: Session, registry_host: str, repository: str, digest: str
+) -> Image | None:
+    """:func:`find_image` without its inventory: what describing it needs, cheaply."""
+    stmt = (
+        select(Image)
+        .options(defer(Image.packages))
+        .where(
+            Image.registry_host == registry_host,
+            Image.repository == repository,
+            Image.digest == digest,
+        )
+    )
+    return session.scalar(stmt)
+
+
+def described_by_tags(
+    session: Session, registry_host: str, repository: str, tags: Sequence[str], analyser: int
+) -> list[Image]:
+    """The images (without their inventories) the tags named pointed at when last seen,
+    and the platform images of those that are indexes, as inventoried by ``analyser``:
+    what a sweep will most likely meet again, read in one statement."""
+    if not tags:
+        return []
+    pointed = select(Tag.digest).where(
+        Tag.registry_host == registry_host,
+        Tag.repository == repository,
+        Tag.name.in_(tags),
+    )
+    stmt = (
+        select(Image)
+        .options(defer(Image.packages))
+        .where(
+            Image.registry_host == registry_host,
+            Image.repository == repository,
+            Image.analyser_version == analyser,
+            or_(Image.digest.in_(pointed), Image.index_digest.in_(pointed)),
+        )
+    )
+    return list(session.scalars(stmt))
 
 
 def set_image_packages(session: Session, image_id: int, packages: Sequence[dict[str, Any]]) -> None:

@@ -21,7 +21,7 @@ from core import keys
 from models import ScanResult
 from models.db import make_engine
 from regscan.db import upgrade
-from testbed.images import Pusher
+from testbed.images import DOCKER_MANIFEST, Pusher
 from testbed.proxy import FaultProxy
 from testbed.services import PostgresServer, RedisServer, RegistryServer, free_port
 from testbed.stack import ADMIN, FAST_TIMINGS, Api, Stack, wait_for
@@ -330,3 +330,56 @@ def test_a_worker_told_to_stop_hands_its_sweep_on_within_the_grace_period(
         if "regular" not in stack.procs:
             stack.start_worker("regular", "regular,images")
         stack.terminate("spare")
+
+
+def _sweep_results_per_tag(outage: Outage, job_id: int) -> dict[str, int]:
+    engine = make_engine(outage.stack.env["REGSCAN_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(ScanResult.tag, func.count())
+                .where(ScanResult.job_id == job_id)
+                .group_by(ScanResult.tag)
+            ).all()
+    finally:
+        engine.dispose()
+    return {tag: n for tag, n in rows}
+
+
+def _sweep_of_shared_images(
+    outage: Outage, registry: RegistryServer, pusher: Pusher, name: str, slow: FaultProxy
+) -> tuple[int, list[str]]:
+    """A sweep of 40 tags, two on each image, written in batches two tasks at a time;
+    its job id once it has written some, and the tags."""
+    repo = f"{name}/app"
+    tags = []
+    for i in range(20):
+        image = pusher.push_image(repo, f"v{i}", {"f": f"{name}{i}".encode()})
+        pusher.push_manifest(repo, f"v{i}-b", image.manifest_bytes, DOCKER_MANIFEST)
+        tags += [f"v{i}", f"v{i}-b"]
+    slow.delay(0.2, path_prefix=f"/v2/{repo}/manifests")
+    outage.api.set_specs(spec(f"http://{slow.host}", repo, scanners=2, cap=0))
+    job_id = outage.api.started()
+    wait_for(lambda: outage.api.job(job_id)["counts"]["scanned"] >= 4, 60, "some tags written")
+    return job_id, tags
+
+
+def test_a_sweeps_batched_writes_survive_a_database_outage_each_tag_once(
+    outage: Outage, registry: RegistryServer, pusher: Pusher, name: str
+):
+    if outage.postgres is None:
+        pytest.skip("a SQLite file cannot be stopped")
+    with FaultProxy.for_url(registry.url) as slow:
+        # Given a sweep whose tasks write their images in batches, under way
+        job_id, tags = _sweep_of_shared_images(outage, registry, pusher, name, slow)
+
+        # When PostgreSQL stops for 5 s in the middle of it
+        outage.postgres.stop()
+        time.sleep(5)
+        outage.postgres.start()
+
+        # Then the sweep completes, every tag scanned, with one result each
+        done = outage.api.wait_job(job_id, timeout=120)
+    assert done["status"] == "completed", done
+    assert done["counts"] == {"total": 40, "scanned": 40, "failed": 0, "skipped": 0}
+    assert _sweep_results_per_tag(outage, job_id) == dict.fromkeys(tags, 1)

@@ -56,7 +56,7 @@ def scan_item(
     if item is None:
         log.info("image_scan=%s attempt=%s is stale; skipped", item_id, attempt)
         return
-    checkpoint = _stop_checkpoint(rt, item.job_id) if stoppable else _no_checkpoint
+    checkpoint = stop_checkpoint(rt, item.job_id) if stoppable else _no_checkpoint
     name = f"{item.registry_host}/{item.repository}:{item.tag or item.digest}"
     kind = "regular" if stoppable else "on-demand"
     with log_context(job=item.job_id, image=name), image_scan(kind) as outcome:
@@ -153,7 +153,7 @@ def _scan(
         item.registry_url, item.credential_id, pull_authorization=pull_authorization
     ) as client:
         if item.tag and item.digest:
-            _check_tag_points_at(client, item)
+            check_tag_points_at(client, item)
         images = resolve_image(
             client,
             item.repository,
@@ -185,7 +185,7 @@ class TagMismatch(ScanError):
     """A tag and a digest asked for together that do not agree."""
 
 
-def _check_tag_points_at(client: RegistryClient, item: ImageScan) -> None:
+def check_tag_points_at(client: RegistryClient, item: ImageScan) -> None:
     """A tag and a digest asked for together must agree: the digest is the tag's, or one
     of the platform images of the index the tag names. Otherwise the result would be
     stored under a tag that never held the image."""
@@ -217,7 +217,7 @@ def _write(
     """End the item with ``status``, storing what was found, or with ``found`` as its
     error (also shown as the tag's latest result, unless ``record`` is False)."""
     if isinstance(found, list):
-        _bring_current(rt, item, found)
+        bring_current(rt, item, found)
     stale: list[int] = []
     away: OperationalError | None = None
     for tries in range(WRITE_TRIES):
@@ -238,7 +238,7 @@ def _write(
                         stale = rematch.match_image(session, image)
                 elif error is not None and record:
                     results.record_failure(session, item, error)
-            if stale:  # the data changed since _bring_current: the image follows it now
+            if stale:  # the data changed since bring_current: the image follows it now
                 rematch.refresh(rt.sessions, stale)
             return
         except IntegrityError as exc:
@@ -264,7 +264,7 @@ def _write(
     raise RuntimeError(f"image_scan={item.id}: could not store its result")
 
 
-def _bring_current(rt: Runtime, item: ImageScan, found: Found) -> None:
+def bring_current(rt: Runtime, item: ImageScan, found: Found) -> None:
     """Match again, before the result is stored, the package versions its images hold
     that the data changed for since their match (an import came, and the re-match has
     not reached them yet): a result is never stored with findings older than the data
@@ -291,7 +291,7 @@ def _bring_current(rt: Runtime, item: ImageScan, found: Found) -> None:
         rematch.refresh(rt.sessions, stale)
 
 
-def _stop_checkpoint(rt: Runtime, job_id: int) -> Callable[[], None]:
+def stop_checkpoint(rt: Runtime, job_id: int) -> Callable[[], None]:
     flag = keys.stop_flag(job_id)
 
     def checkpoint() -> None:

@@ -61,18 +61,33 @@ class LayerCache:
         found = self._lookup(digest)
         if found is not None:
             return found
-        # Not thread-local: the renewing thread extends it with this thread's token, and
-        # the scan's thread releases it when a layer's thread gave up.
-        lock = self.rt.redis.lock(keys.layer_lock(digest), timeout=self.ttl, thread_local=False)
-        while not lock.acquire(blocking=False):
-            self.checkpoint()  # a stop must not wait for someone else's download
-            time.sleep(LOCK_POLL_SECONDS)
+        self.take(digest, keys.layer_lock(digest))
         found = self._lookup(digest)  # the holder we waited for may have stored it
         if found is not None:
-            _release(lock)
+            self.give_back(digest)
             return found
-        self._hold(digest, lock)
         return None
+
+    def take(self, name: str, key: str, wait: float | None = None) -> bool:
+        """Hold the lock ``key`` under ``name`` until :meth:`give_back`, renewed with the
+        others; False when ``wait`` seconds passed before it was free."""
+        # Not thread-local: the renewing thread extends it with this thread's token, and
+        # the scan's thread releases it when a layer's thread gave up.
+        lock = self.rt.redis.lock(key, timeout=self.ttl, thread_local=False)
+        deadline = None if wait is None else time.monotonic() + wait
+        while not lock.acquire(blocking=False):
+            self.checkpoint()  # a stop must not wait for someone else's download
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL_SECONDS)
+        self._hold(name, lock)
+        return True
+
+    def give_back(self, name: str) -> None:
+        with self._guard:
+            lock = self.held.pop(name, None)
+        if lock is not None:
+            _release(lock)
 
     def put(self, digest: str, media_type: str, size: int, analysis: LayerAnalysis) -> None:
         try:
@@ -83,10 +98,7 @@ class LayerCache:
         except IntegrityError:
             pass  # stored meanwhile by a worker that did not see our lock (it expired)
         finally:
-            with self._guard:
-                lock = self.held.pop(digest, None)
-            if lock is not None:
-                _release(lock)
+            self.give_back(digest)
 
     def release_all(self) -> None:
         self._closed.set()
@@ -176,12 +188,20 @@ class KnownImages:
         self.hits: set[str] = set()
 
     def __call__(self, digest: str) -> PlatformImage | None:
+        found = self.stored(digest)
+        if found is not None:
+            self.hits.add(digest)
+        return found
+
+    def stored(self, digest: str) -> PlatformImage | None:
+        """The image as stored by this analyser version, or None."""
         with self.rt.sessions() as session:
-            image = images_store.find_image(session, self.registry_host, self.repository, digest)
-        if image is None or image.analyser_version != ANALYSER_VERSION:
-            return None
-        self.hits.add(digest)
-        return stored_platform_image(image)
+            image = images_store.find_described(
+                session, self.registry_host, self.repository, digest
+            )
+            if image is None or image.analyser_version != ANALYSER_VERSION:
+                return None
+            return stored_platform_image(image)
 
 
 def stored_platform_image(image: Image) -> PlatformImage:

@@ -1,10 +1,11 @@
 """Orchestration of one regular scan: discovery, bounded dispatch, stop, finish.
 
 The orchestrator runs while it holds the regular-scan lease. It writes every
-discovered image as a pending row first, then hands at most ``scanners`` images
-per specification to the image queue at a time, so the broker never holds a
-sweep's whole backlog. Stop is a Redis flag, checked before each hand-out, and the
-job's status in the database, read at most once a second.
+discovered image as a pending row first, then hands at most ``scanners`` batches of
+images (one task each, ``worker/batches.py``) per specification to the image queue at
+a time, so the broker never holds a sweep's whole backlog. Stop is a Redis flag,
+checked before each hand-out, and the job's status in the database, read at most once
+a second.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class Sweep:
             self.specs = load_specs(session)
         self._stopping = job.status is JobStatus.STOPPING
         self._status_read_at = time.monotonic()
+        # Per specification, the item ids of each batch handed out by this orchestrator.
+        self._batches: dict[int, list[set[int]]] = {}
 
     def run(self) -> None:
         if self.job.discovered_at is None and not self.stop_requested():
@@ -197,30 +200,47 @@ class Sweep:
             with transaction(self.rt.sessions) as session:
                 fence(session, self.job.id, self.token)
                 image_scans.requeue_stuck_items(session, self.job.id, older_than(stuck_after))
-                in_flight = image_scans.in_flight_by_spec(session, self.job.id)
+                in_flight = image_scans.in_flight_ids_by_spec(session, self.job.id)
                 pending = image_scans.pending_by_spec(session, self.job.id)
                 if not in_flight and not pending:
                     self._finish(session, JobStatus.COMPLETED)
                     return
                 handed = self._hand_out(session, in_flight, pending)
-            for item_id, attempt in handed:
-                self._publish(item_id, attempt)
+            for batch in handed:
+                self._publish(batch)
             time.sleep(POLL_SECONDS)
         self.stop()
 
     def _hand_out(
-        self, session: Any, in_flight: dict[int, int], pending: dict[int, int]
-    ) -> list[tuple[int, int]]:
+        self, session: Any, in_flight: dict[int, set[int]], pending: dict[int, int]
+    ) -> list[list[tuple[int, int]]]:
+        """Batches of pending images, one task each: a specification's ``scanners`` are
+        that many tasks at once. A batch holds at most ``sweep_batch`` images, fewer near
+        the end, so that every scanner gets a share of what is left."""
         scanners = {s.position: s.scanners for s in self.specs}
-        handed: list[tuple[int, int]] = []
-        for position in pending:
-            room = scanners.get(position, 1) - in_flight.get(position, 0)
-            if room > 0:
-                handed += image_scans.queue_items(session, self.job.id, position, room, self.token)
+        handed: list[list[tuple[int, int]]] = []
+        for position, waiting in pending.items():
+            busy = self._busy(position, in_flight.get(position, set()))
+            slots = max(scanners.get(position, 1), 1)
+            size = min(self.rt.settings.sweep_batch, -(-waiting // slots))
+            for _ in range(slots - busy):
+                batch = image_scans.queue_items(session, self.job.id, position, size, self.token)
+                if not batch:
+                    break
+                self._batches.setdefault(position, []).append({i for i, _a in batch})
+                handed.append(batch)
         return handed
 
-    def _publish(self, item_id: int, attempt: int) -> None:
-        self.rt.publisher.image_scan(item_id, attempt)
+    def _busy(self, position: int, in_flight: set[int]) -> int:
+        """Tasks of a specification still at work: batches with an image in flight, and
+        each image in flight that no batch of this orchestrator handed out."""
+        batches = [b for b in self._batches.get(position, []) if b & in_flight]
+        self._batches[position] = batches
+        tracked = set().union(*batches) if batches else set()
+        return len(batches) + len(in_flight - tracked)
+
+    def _publish(self, batch: list[tuple[int, int]]) -> None:
+        self.rt.publisher.image_scans(batch)
 
     # -- the end ------------------------------------------------------------------
 

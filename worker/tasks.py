@@ -19,7 +19,7 @@ from core import fair
 from core.logs import clear_context, set_context
 from core.settings import get_settings
 from core.telemetry import TALLY, Flusher
-from worker import callbacks, images, regular, rematch
+from worker import batches, callbacks, images, regular, rematch
 from worker.app import app
 from worker.periodic import PeriodicPasses
 from worker.runtime import get_runtime
@@ -38,9 +38,18 @@ def run_regular_scan(self, job_id: int) -> None:
         raise self.retry(countdown=ttl / 3 * random.uniform(0.5, 1.5))
 
 
-@app.task(name="regscan.scan_image")
-def scan_image(item_id: int, attempt: int) -> None:
-    images.scan_item(get_runtime(), item_id, attempt)
+# Acknowledged when it starts, not when it returns: a batch runs for seconds, and a worker
+# holding unacknowledged messages when its broker connection drops (Redis restarting)
+# fails while handing them back, and dies. Nothing is lost: a batch's images are taken up
+# again by the sweep (its next lease holder, or its check for stuck images), never by
+# redelivery, which would come only after the broker's visibility timeout.
+@app.task(name="regscan.scan_image", acks_late=False)
+def scan_image(*items: int) -> None:
+    """A batch of a sweep's images, as flat (item id, attempt) pairs: a message of one
+    pair, as earlier versions sent, is a batch of one."""
+    if len(items) % 2:
+        raise ValueError(f"scan_image takes (item id, attempt) pairs, got {len(items)} numbers")
+    batches.scan_batch(get_runtime(), list(zip(items[::2], items[1::2], strict=True)))
 
 
 # A run a service interrupted is taken up again with backoff (1 s, 2 s, 4 s, ... at most
