@@ -17,7 +17,7 @@ from core.callbacks import Allowed, RefusedDestination, destination
 from core.reference import parse_registry, validate_repository, validate_tag
 from core.requester import Requester
 from core.settings import Settings
-from models.results import ResultFilter
+from models.result_queries import ResultFilter
 from scheduler.admission import Admission
 
 

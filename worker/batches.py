@@ -3,10 +3,8 @@ it found for many of them in one transaction.
 
 An image whose digest did not change costs one manifest request and its share of a
 batched write. An image new to its repository (a manifest digest not stored yet) is
-described and inventoried once per sweep, however many tags point at it: the batch that
-meets it first holds its lock (``core.keys.image_lock``) and stores it at once, ahead of
-any tag's result; other tags, in this batch or another, find it stored and fetch
-nothing of it.
+described and inventoried once per sweep, however many tags point at it
+(``worker/describe.py``).
 
 Each item still ends on its own (its status, error and count, fenced as before); only
 the transactions are shared. A stop ends the batch at its next checkpoint: the items it
@@ -23,18 +21,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from core import keys
 from core.logs import log_context
-from models import Image, ImageScan, ItemStatus, image_scans, results, vuln_records
-from models import images as images_store
+from models import Image, ImageScan, ItemStatus, image_scans, result_batches, results, vuln_records
 from models.db import transaction
 from models.fencing import Fenced, fence, finish_items
-from models.image_scans import chunks
 from scanner.errors import ScanError, ScanStopped
 from scanner.inventory.packages import ANALYSER_VERSION
-from scanner.inventory.results import Inventory
-from scanner.registry.images import PlatformImage, resolve_image
 from worker import regular, rematch
+from worker.describe import Describer
 from worker.images import (
     SERVICES_AWAY,
     WRITE_BACKOFF,
@@ -42,21 +36,12 @@ from worker.images import (
     Found,
     TagMismatch,
     bring_current,
-    check_tag_points_at,
     stop_checkpoint,
 )
-from worker.inventory import KnownImages, LayerCache, stored_platform_image, take_inventory
 from worker.runtime import Runtime
 from worker.telemetry import image_scan
 
 log = logging.getLogger(__name__)
-
-# How long a batch waits for another to finish describing an image before it describes
-# the image itself: a holder is normally quick, and two batches each waiting on a lock
-# the other holds (two indexes listing shared images in different orders) must not wait
-# for ever.
-IMAGE_WAIT_SECONDS = 60.0
-
 
 # The stop flag is read before a registry request at most this often, once for all the
 # batches of a sweep this process runs: an unchanged image is a single request, and a
@@ -195,136 +180,6 @@ def _salvage(writer: BatchWriter, items: Sequence[ImageScan], exc: Exception) ->
         log.exception("job=%s a failed batch could not be wound up", writer.job_id)
 
 
-class Describer:
-    """Resolves the batch's images, describing and inventorying each image new to its
-    repository once (under its lock) and storing it at once; remembers what it met."""
-
-    def __init__(self, rt: Runtime, checkpoint: Callable[[], None]) -> None:
-        self.rt = rt
-        self.checkpoint = checkpoint
-        self.locks = LayerCache(rt, checkpoint)  # its leases: the images' locks
-        self.met: dict[tuple[str, str, str], PlatformImage] = {}
-
-    def expect(self, items: Sequence[ImageScan]) -> None:
-        """Read at once the images the items' tags pointed at when last seen: in an
-        unchanged sweep, every image the batch will meet."""
-        tags: dict[tuple[str, str], list[str]] = {}
-        for item in items:
-            if item.tag:
-                tags.setdefault((item.registry_host, item.repository), []).append(item.tag)
-        with self.rt.sessions() as session:
-            for (host, repo), names in tags.items():
-                for some in chunks(names):
-                    for image in images_store.described_by_tags(
-                        session, host, repo, some, ANALYSER_VERSION
-                    ):
-                        self.met[(host, repo, image.digest)] = stored_platform_image(image)
-
-    def __enter__(self) -> Describer:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.locks.release_all()
-
-    def scan(self, item: ImageScan) -> Found:
-        """Each platform image of the item; every one of them is stored by now, so none
-        comes with an inventory."""
-        reference = item.digest or item.tag or "latest"
-        platforms = {item.os} if item.os else None
-        known = BatchKnown(self, item.registry_host, item.repository)
-        with self.rt.registry_client(item.registry_url, item.credential_id) as client:
-            if item.tag and item.digest:
-                check_tag_points_at(client, item)
-            try:
-                found = resolve_image(
-                    client,
-                    item.repository,
-                    reference,
-                    checkpoint=self.checkpoint,
-                    platforms=platforms,
-                    known=known,
-                )
-                if not found:
-                    raise ScanError(_no_image(item, reference))
-                for image in found:
-                    if image.digest in known.hits:
-                        continue  # stored: its inventory holds
-                    inventory = take_inventory(
-                        self.rt, client, item.repository, image, self.checkpoint
-                    )
-                    self._store(item, image, inventory)
-                    lock = known.held.pop(image.digest, None)
-                    if lock is not None:
-                        self.locks.give_back(lock)
-            finally:
-                for lock in known.held.values():
-                    self.locks.give_back(lock)
-        return [(image, None) for image in found]
-
-    def _store(self, item: ImageScan, image: PlatformImage, inventory: Inventory) -> None:
-        """Store a new image with its inventory and findings, then let others see it."""
-        for tries in range(WRITE_TRIES):
-            try:
-                with transaction(self.rt.sessions) as session:
-                    stored = results.store_image(
-                        session,
-                        item.registry_host,
-                        item.repository,
-                        image,
-                        inventory,
-                        ANALYSER_VERSION,
-                    )
-                    stale = rematch.match_image(session, stored)
-                break
-            except IntegrityError:
-                # Stored meanwhile by a scan that holds no lock (an on-demand one): the
-                # transaction was rolled back whole, so writing again updates it.
-                time.sleep(WRITE_BACKOFF * 2**tries)
-        else:
-            raise ScanError(f"could not store image {image.digest}")
-        if stale:
-            rematch.refresh(self.rt.sessions, stale)
-        self.met[(item.registry_host, item.repository, image.digest)] = image
-
-
-class BatchKnown(KnownImages):
-    """The ``known`` hook of one item: what the batch met, else what is stored; on a miss
-    it takes the image's lock (``held``) and looks again, so that one scan describes it."""
-
-    def __init__(self, describer: Describer, registry_host: str, repository: str) -> None:
-        super().__init__(describer.rt, registry_host, repository)
-        self.describer = describer
-        self.held: dict[str, str] = {}  # digest -> the lock held for it
-
-    def __call__(self, digest: str) -> PlatformImage | None:
-        met = self.describer.met
-        key = (self.registry_host, self.repository, digest)
-        found = met.get(key) or self.stored(digest)
-        if found is None:
-            lock = keys.image_lock(self.registry_host, self.repository, digest)
-            if self.describer.locks.take(lock, lock, wait=IMAGE_WAIT_SECONDS):
-                found = self.stored(digest)  # the holder we waited for stored it
-                if found is None:
-                    self.held[digest] = lock
-                    return None
-                self.describer.locks.give_back(lock)
-            else:
-                return None  # waited long enough: describe it here too
-        met[key] = found
-        self.hits.add(digest)
-        return found
-
-
-def _no_image(item: ImageScan, reference: str) -> str:
-    name = f"{item.registry_host}/{item.repository}:{reference}"
-    if item.os:
-        return (
-            f"{name} has no {item.os} image, and its registry specification scans "
-            f"{item.os} images only (its os setting)"
-        )
-    return f"{name} has no platform image"
-
-
 class BatchWriter:
     """Keeps the outcomes of a batch's items and writes them, many per transaction."""
 
@@ -432,7 +287,7 @@ class BatchWriter:
             ]
             stale: list[int] = []
             if scanned:
-                ids = results.record_many(session, scanned, ANALYSER_VERSION)
+                ids = result_batches.record_many(session, scanned, ANALYSER_VERSION)
                 images = [session.get_one(Image, image_id) for image_id in ids]
                 # Findings in the same transaction: a result is never seen without them.
                 stale = rematch.link_images(session, images)

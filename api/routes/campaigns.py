@@ -17,7 +17,7 @@ from api.schemas import Strict, parse_json_body
 from core.reference import ImageRef
 from core.requester import Requester
 from core.views import job_view
-from models import results
+from models import result_queries
 from scanner.vulns import versions
 
 router = APIRouter()
@@ -79,10 +79,10 @@ def scan_campaign(
     query = Campaign.model_validate(parse_json_body(body) or {})
     with state.sessions() as session:
         if query.package is not None:
-            held = results.holders_of(session, query.package)
+            held = result_queries.holders_of(session, query.package)
             found = {(h.registry_host, h.repository, h.tag) for h in held if _in_range(h, query)}
         else:
-            found = set(results.affected_by(session, query.vulnerability or ""))
+            found = set(result_queries.affected_by(session, query.vulnerability or ""))
     refs = [ImageRef(registry=host, repo=repo, tag=tag) for host, repo, tag in sorted(found)]
     selection = {"query": query.model_dump(exclude_none=True)}
     who = Requester(caller.name, caller.team, source="campaign")
@@ -90,7 +90,7 @@ def scan_campaign(
     return job_view(job)
 
 
-def _in_range(held: results.HeldPackage, query: Campaign) -> bool:
+def _in_range(held: result_queries.HeldPackage, query: Campaign) -> bool:
     if not (query.introduced or query.fixed):
         return True
     scheme = _scheme(held)
@@ -102,7 +102,7 @@ def _in_range(held: results.HeldPackage, query: Campaign) -> bool:
         return False  # a version this scheme cannot order is not in any range
 
 
-def _scheme(held: results.HeldPackage) -> str:
+def _scheme(held: result_queries.HeldPackage) -> str:
     if held.type == "package":
         return _OS_SCHEMES.get(held.os_distro, "rpm")
     return _LANGUAGE_SCHEMES.get(held.type, "semver")

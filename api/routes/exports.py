@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 from api.deps import Filter, State, User
 from api.errors import ApiError
 from api.sbom import sbom
-from models import Finding, Image, ScanResult, findings, results
-from models.results import ResultFilter
+from models import Finding, Image, ScanResult, findings, result_queries
+from models.result_queries import ResultFilter
 
 router = APIRouter()
 PAGE = 500
@@ -56,7 +56,7 @@ def _csv_rows(state: State, flt: ResultFilter) -> Iterator[str]:
     offset = 0
     while True:
         with state.sessions() as session:
-            rows, _total = results.latest_results(
+            rows, _total = result_queries.latest_results(
                 session, flt, offset=offset, limit=PAGE, sort=None, reverse=False
             )
             found = findings.findings_of(session, [i.id for _r, i in rows if i is not None])
@@ -117,7 +117,7 @@ def _inert(cell: Any) -> Any:
 def cyclonedx(_user: User, state: State, flt: Filter, platform: str | None = None) -> Response:
     """A CycloneDX 1.6 JSON document of one image: its packages and vulnerabilities."""
     with state.sessions() as session:
-        rows, _total = results.latest_results(
+        rows, _total = result_queries.latest_results(
             session, flt, offset=0, limit=250, sort=None, reverse=False
         )
         images = [(r, i) for r, i in rows if i is not None]

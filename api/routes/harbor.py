@@ -27,7 +27,7 @@ from api.errors import ApiError, err
 from api.schemas import parse_json_body
 from core.reference import ImageRef, parse_registry, validate_digest, validate_repository
 from core.requester import HARBOR_SOURCE, Requester
-from models import JobKind, JobStatus, ScanJob, findings, results
+from models import JobKind, JobStatus, ScanJob, findings, result_queries
 from models import vuln_records as vulndb
 from models.base import utcnow
 from scheduler.errors import OutOfScope
@@ -187,7 +187,7 @@ def get_report(
 
 def _report(session: Any, job: ScanJob, wanted: str) -> dict[str, Any]:
     """The report of a completed scan, from the images and findings it stored."""
-    stored = results.images_of_job(session, job.id)
+    stored = result_queries.images_of_job(session, job.id)
     found = findings.findings_of(session, [image.id for _r, image in stored])
     target = job.target or {}
     if wanted != reports.SBOM_REPORT:

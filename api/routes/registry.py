@@ -26,7 +26,7 @@ from api.openapi import body
 from api.schemas import ScanRequest, parse_json_body
 from core.reference import parse_registry
 from core.views import job_view, ts
-from models import JobKind, ScanJob, findings, image_scans, images, jobs, results
+from models import JobKind, ScanJob, findings, image_scans, images, jobs, result_queries
 
 router = APIRouter()
 
@@ -91,7 +91,7 @@ def list_results(
     fields: list[str] | None = FIELDS,
 ) -> list[dict[str, Any]]:
     with state.sessions() as session:
-        rows, total = results.latest_results(
+        rows, total = result_queries.latest_results(
             session, flt, offset=offset, limit=limit, sort=sort, reverse=reverse
         )
         found_images = [image for _r, image in rows if image is not None]
@@ -146,7 +146,7 @@ def image_names(
     No ``Total-Count`` header: the Prisma Cloud SDK reads one as the sign of a paged list
     and would ask again for pages this call does not page."""
     with state.sessions() as session:
-        return results.latest_names(session, flt, offset=offset, limit=limit)
+        return result_queries.latest_names(session, flt, offset=offset, limit=limit)
 
 
 @router.get("/registry/scans")
