@@ -5,14 +5,16 @@ commands of :mod:`regscan.client` (login, scan, stop, jobs, status, results)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from core import logs
-from core.settings import Settings, get_settings
+from core.settings import MAX_API_WORKERS, Settings, get_settings
 from core.tasks import QUEUES as QUEUE_NAMES
 from regscan.client import commands as client_commands
 from regscan.client.api import ClientError
@@ -65,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTPS port, served when REGSCAN_TLS_CERT_FILE and REGSCAN_TLS_KEY_FILE are set "
         "(default: REGSCAN_API_TLS_PORT)",
     )
+    api.add_argument(
+        "--workers",
+        type=_api_workers,
+        help="API processes sharing the ports (default: REGSCAN_API_WORKERS, the cores)",
+    )
+    # How a process started by `regscan api --workers N` is handed the sockets to serve on.
+    api.add_argument("--listen-fds", help=argparse.SUPPRESS)
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
@@ -133,19 +142,83 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _api_workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_API_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {MAX_API_WORKERS}")
+    return value
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    _require_schema(settings)
+    listeners = _listeners(args, settings)
+    if args.listen_fds:
+        return _serve_api(settings, listeners, _inherited_sockets(args.listen_fds, listeners))
+    workers = args.workers or settings.api_workers
+    if workers == 1:
+        return _serve_api(settings, listeners, None)
+    return _run_api_workers(args, settings, listeners, workers)
+
+
+def _serve_api(
+    settings: Settings, listeners: list[Listener], sockets: list[socket.socket] | None
+) -> int:
     from api.app import create_app
     from regscan.db import newest_revision
     from regscan.serve import serve
 
-    _require_schema(settings)
-    listeners = _listeners(args, settings)
     try:
         app = create_app(settings, schema_head=newest_revision())
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
-    serve(app, listeners, trusted_proxies=settings.trusted_proxies.strip())
+    serve(app, listeners, trusted_proxies=settings.trusted_proxies.strip(), sockets=sockets)
     return 0
+
+
+def _run_api_workers(
+    args: argparse.Namespace, settings: Settings, listeners: list[Listener], workers: int
+) -> int:
+    """Bind the ports here, then run ``workers`` API processes on them."""
+    from api.app import prepare
+    from regscan.serve import bind, run_workers
+
+    try:
+        prepare(settings)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        sockets = [bind(listener) for listener in listeners]
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    fds = ",".join(str(s.fileno()) for s in sockets)
+    argv = [sys.executable, "-m", "regscan.cli", "api", "--listen-fds", fds]
+    if args.host:
+        argv += ["--host", args.host]
+    if args.port:
+        argv += ["--port", str(args.port)]
+    if args.tls_port:
+        argv += ["--tls-port", str(args.tls_port)]
+    served = ", ".join(f"{'https' if li.tls else 'http'}://{li.host}:{li.port}" for li in listeners)
+    logging.getLogger("regscan.api").info("%d API processes serving %s", workers, served)
+    try:
+        return run_workers(argv, sockets, workers)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _inherited_sockets(fds: str, listeners: list[Listener]) -> list[socket.socket]:
+    """The listening sockets the starting process handed down, one per listener."""
+    try:
+        numbers = [int(fd) for fd in fds.split(",")]
+    except ValueError:
+        raise CliError(f"--listen-fds takes descriptor numbers, not {fds!r}") from None
+    if len(numbers) != len(listeners):
+        raise CliError(f"--listen-fds names {len(numbers)} sockets for {len(listeners)} ports")
+    return [socket.socket(fileno=fd) for fd in numbers]
 
 
 def _listeners(args: argparse.Namespace, settings: Settings) -> list[Listener]:

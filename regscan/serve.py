@@ -5,6 +5,14 @@ process's signals are handled here rather than by each uvicorn server: SIGINT an
 SIGTERM stop both, and SIGHUP reads the certificate and key again, so a renewed
 certificate is served to new connections without a restart (connections already
 open keep the certificate they started with).
+
+One process serves requests on one core at a time (the interpreter's lock), so
+``regscan api`` runs several: :func:`run_workers` binds the listening sockets once and
+starts that many serving processes on them. Each takes new connections from the same
+sockets (the kernel hands a connection to whichever process accepts it first, so a
+busy one takes fewer), keeps nothing a request depends on in its own memory (who may
+do what, counts and limits live in the database and Redis), and is stopped, or told
+to reload its certificate, by the process that started it.
 """
 
 from __future__ import annotations
@@ -13,12 +21,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
-from collections.abc import Iterator
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+from regscan.processes import dies_with
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +63,96 @@ def check_certificate(cert_file: str, key_file: str) -> None:
     ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
 
 
-def serve(app: Any, listeners: list[Listener], trusted_proxies: str = "") -> None:
-    """Serve ``app`` on every listener until SIGINT or SIGTERM. ``X-Forwarded-For`` is
-    believed from ``trusted_proxies`` (comma-separated addresses) only: from anyone
-    else, a guesser would name a new client address with every attempt."""
+def serve(
+    app: Any,
+    listeners: list[Listener],
+    trusted_proxies: str = "",
+    sockets: Sequence[socket.socket] | None = None,
+) -> None:
+    """Serve ``app`` on every listener until SIGINT or SIGTERM, on ``sockets`` (one per
+    listener, already listening) when given. ``X-Forwarded-For`` is believed from
+    ``trusted_proxies`` (comma-separated addresses) only: from anyone else, a guesser
+    would name a new client address with every attempt."""
     servers = [_Server(_config(app, listener, trusted_proxies)) for listener in listeners]
-    asyncio.run(_serve_all(servers, listeners))
+    asyncio.run(_serve_all(servers, listeners, sockets))
+
+
+# Connections waiting to be accepted, per listening socket (uvicorn's own default).
+BACKLOG = 2048
+
+
+def bind(listener: Listener) -> socket.socket:
+    """A listening socket for ``listener`` that child processes inherit. Binding once
+    here, not in each process, keeps "address already in use" an error at start."""
+    try:
+        infos = socket.getaddrinfo(
+            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {listener.host}: {exc}") from None
+    family, _type, _proto, _name, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {listener.host}:{listener.port}: {exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_workers(argv: Sequence[str], sockets: Sequence[socket.socket], workers: int) -> int:
+    """Run ``workers`` processes of ``argv`` sharing ``sockets`` (``argv`` names them by
+    their descriptor numbers) until SIGINT or SIGTERM, which each of them is then sent;
+    SIGHUP is passed on to each (they reload their certificate). When one of them exits
+    on its own the others are stopped too and 1 is returned: a process that cannot
+    serve (its database or Redis settings are wrong) fails every other the same way,
+    and whoever runs ``regscan api`` (compose, systemd, the standalone) restarts it."""
+    stop = threading.Event()
+    fds = [s.fileno() for s in sockets]
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(workers):
+            children.append(subprocess.Popen(argv, pass_fds=fds, preexec_fn=dies_with()))
+        signal.signal(signal.SIGHUP, lambda *_: _tell(children, signal.SIGHUP))
+        return _watch(children, stop)
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_all(children)
+
+
+def _watch(children: list[subprocess.Popen[bytes]], stop: threading.Event) -> int:
+    while not stop.wait(0.5):
+        for child in children:
+            if child.poll() is not None:
+                log.error(
+                    "API process %s exited (%s); stopping the others", child.pid, child.returncode
+                )
+                return 1
+    return 0
+
+
+def _tell(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(sig)
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    _tell(children, signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _config(app: Any, listener: Listener, trusted_proxies: str) -> uvicorn.Config:
@@ -75,7 +172,9 @@ def _config(app: Any, listener: Listener, trusted_proxies: str) -> uvicorn.Confi
     )
 
 
-async def _serve_all(servers: list[_Server], listeners: list[Listener]) -> None:
+async def _serve_all(
+    servers: list[_Server], listeners: list[Listener], sockets: Sequence[socket.socket] | None
+) -> None:
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -85,7 +184,11 @@ async def _serve_all(servers: list[_Server], listeners: list[Listener]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, _reload, servers, listeners)
-    await asyncio.gather(*(server.serve() for server in servers))
+    if sockets is None:
+        await asyncio.gather(*(server.serve() for server in servers))
+    else:
+        pairs = zip(servers, sockets, strict=True)
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in pairs))
 
 
 def _reload(servers: list[_Server], listeners: list[Listener]) -> None:

@@ -57,6 +57,9 @@ FAST_TIMINGS = {
     "REGSCAN_VULNDB_OSV_URL": "",
     # Workers' counters reach /metrics quickly.
     "REGSCAN_METRICS_FLUSH_SECONDS": "0.5",
+    # One API process, as tests look at the API's own process (its memory, its pid);
+    # tests of several processes ask for them.
+    "REGSCAN_API_WORKERS": "1",
 }
 
 
