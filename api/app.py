@@ -37,7 +37,7 @@ from scheduler.wiring import wire
 _VERSION = re.compile(r"\d+(?:\.\d+)?")
 
 
-def check_version(version: str) -> None:
+async def check_version(version: str) -> None:
     if not _VERSION.fullmatch(version):
         raise ApiError(
             404,
