@@ -46,12 +46,16 @@ async def check_version(version: str) -> None:
         )
 
 
-def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
+def create_app(
+    config: Settings, *, schema_head: str | None = None, prepared: bool = False
+) -> FastAPI:
     """The API, the dashboard and the observability endpoints. ``schema_head`` is the
-    newest migration: ``/readyz`` fails while the database is behind it."""
+    newest migration: ``/readyz`` fails while the database is behind it. ``prepared``:
+    :func:`prepare` ran already (the process that started this one did)."""
     wiring = wire(config)
     sessions = wiring.sessions
-    _prepare(config, sessions)
+    if not prepared:
+        _prepare(config, sessions)
 
     # No /docs or /redoc: they load their scripts from a public CDN. The OpenAPI
     # document itself is served to logged-in users, at /openapi.json.

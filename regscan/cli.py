@@ -153,10 +153,12 @@ def _api_workers(text: str) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    _require_schema(settings)
     listeners = _listeners(args, settings)
     if args.listen_fds:
-        return _serve_api(settings, listeners, _inherited_sockets(args.listen_fds, listeners))
+        # Started by the `regscan api` below, which checked the schema and the admin.
+        sockets = _inherited_sockets(args.listen_fds, listeners)
+        return _serve_api(settings, listeners, sockets, prepared=True)
+    _require_schema(settings)
     workers = args.workers or settings.api_workers
     if workers == 1:
         return _serve_api(settings, listeners, None)
@@ -164,14 +166,18 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve_api(
-    settings: Settings, listeners: list[Listener], sockets: list[socket.socket] | None
+    settings: Settings,
+    listeners: list[Listener],
+    sockets: list[socket.socket] | None,
+    *,
+    prepared: bool = False,
 ) -> int:
     from api.app import create_app
     from regscan.db import newest_revision
     from regscan.serve import serve
 
     try:
-        app = create_app(settings, schema_head=newest_revision())
+        app = create_app(settings, schema_head=newest_revision(), prepared=prepared)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
     serve(app, listeners, trusted_proxies=settings.trusted_proxies.strip(), sockets=sockets)

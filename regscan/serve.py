@@ -77,13 +77,11 @@ def serve(
     asyncio.run(_serve_all(servers, listeners, sockets))
 
 
-# Connections waiting to be accepted, per listening socket (uvicorn's own default).
-BACKLOG = 2048
-
-
 def bind(listener: Listener) -> socket.socket:
-    """A listening socket for ``listener`` that child processes inherit. Binding once
-    here, not in each process, keeps "address already in use" an error at start."""
+    """A socket bound to ``listener``'s address that child processes inherit. Binding
+    once here, not in each process, keeps "address already in use" an error at start.
+    It is not listening yet: the first process to serve makes it listen, so until one
+    does a client is refused at once rather than left waiting."""
     try:
         infos = socket.getaddrinfo(
             listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -95,7 +93,6 @@ def bind(listener: Listener) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {listener.host}:{listener.port}: {exc}") from None
