@@ -72,8 +72,6 @@ def _parser() -> argparse.ArgumentParser:
         type=_api_workers,
         help="API processes sharing the ports (default: REGSCAN_API_WORKERS, the cores)",
     )
-    # How a process started by `regscan api --workers N` is handed the sockets to serve on.
-    api.add_argument("--listen-fds", help=argparse.SUPPRESS)
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker")
@@ -153,16 +151,12 @@ def _api_workers(text: str) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    listeners = _listeners(args, settings)
-    if args.listen_fds:
-        # Started by the `regscan api` below, which checked the schema and the admin.
-        sockets = _inherited_sockets(args.listen_fds, listeners)
-        return _serve_api(settings, listeners, sockets, prepared=True)
     _require_schema(settings)
+    listeners = _listeners(args, settings)
     workers = args.workers or settings.api_workers
     if workers == 1:
         return _serve_api(settings, listeners, None)
-    return _run_api_workers(args, settings, listeners, workers)
+    return _run_api_workers(settings, listeners, workers)
 
 
 def _serve_api(
@@ -184,10 +178,9 @@ def _serve_api(
     return 0
 
 
-def _run_api_workers(
-    args: argparse.Namespace, settings: Settings, listeners: list[Listener], workers: int
-) -> int:
-    """Bind the ports here, then run ``workers`` API processes on them."""
+def _run_api_workers(settings: Settings, listeners: list[Listener], workers: int) -> int:
+    """Check the database once, bind the ports here, then run ``workers`` API processes
+    on them."""
     from api.app import prepare
     from regscan.serve import bind, run_workers
 
@@ -199,32 +192,13 @@ def _run_api_workers(
         sockets = [bind(listener) for listener in listeners]
     except OSError as exc:
         raise CliError(str(exc)) from None
-    fds = ",".join(str(s.fileno()) for s in sockets)
-    argv = [sys.executable, "-m", "regscan.cli", "api", "--listen-fds", fds]
-    if args.host:
-        argv += ["--host", args.host]
-    if args.port:
-        argv += ["--port", str(args.port)]
-    if args.tls_port:
-        argv += ["--tls-port", str(args.tls_port)]
     served = ", ".join(f"{'https' if li.tls else 'http'}://{li.host}:{li.port}" for li in listeners)
     logging.getLogger("regscan.api").info("%d API processes serving %s", workers, served)
     try:
-        return run_workers(argv, sockets, workers)
+        return run_workers(lambda: _serve_api(settings, listeners, sockets, prepared=True), workers)
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _inherited_sockets(fds: str, listeners: list[Listener]) -> list[socket.socket]:
-    """The listening sockets the starting process handed down, one per listener."""
-    try:
-        numbers = [int(fd) for fd in fds.split(",")]
-    except ValueError:
-        raise CliError(f"--listen-fds takes descriptor numbers, not {fds!r}") from None
-    if len(numbers) != len(listeners):
-        raise CliError(f"--listen-fds names {len(numbers)} sockets for {len(listeners)} ports")
-    return [socket.socket(fileno=fd) for fd in numbers]
 
 
 def _listeners(args: argparse.Namespace, settings: Settings) -> list[Listener]:

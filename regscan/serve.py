@@ -7,8 +7,8 @@ certificate is served to new connections without a restart (connections already
 open keep the certificate they started with).
 
 One process serves requests on one core at a time (the interpreter's lock), so
-``regscan api`` runs several: :func:`run_workers` binds the listening sockets once and
-starts that many serving processes on them. Each takes new connections from the same
+``regscan api`` runs several: it binds the sockets once, and :func:`run_workers` forks
+that many serving processes, which share them. Each takes new connections from the same
 sockets (the kernel hands a connection to whichever process accepts it first, so a
 busy one takes fewer), keeps nothing a request depends on in its own memory (who may
 do what, counts and limits live in the database and Redis), and is stopped, or told
@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import ssl
-import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,22 +102,22 @@ def bind(listener: Listener) -> socket.socket:
     return sock
 
 
-def run_workers(argv: Sequence[str], sockets: Sequence[socket.socket], workers: int) -> int:
-    """Run ``workers`` processes of ``argv`` sharing ``sockets`` (``argv`` names them by
-    their descriptor numbers) until SIGINT or SIGTERM, which each of them is then sent;
-    SIGHUP is passed on to each (they reload their certificate). When one of them exits
-    on its own the others are stopped too and 1 is returned: a process that cannot
-    serve (its database or Redis settings are wrong) fails every other the same way,
-    and whoever runs ``regscan api`` (compose, systemd, the standalone) restarts it."""
+def run_workers(serve_one: Callable[[], int], workers: int) -> int:
+    """Run ``serve_one()`` in ``workers`` processes forked from this one (so they start
+    without importing anything again, and share the sockets it bound) until SIGINT or
+    SIGTERM, which each of them is then sent; SIGHUP is passed on to each (they reload
+    their certificate). When one of them exits on its own the others are stopped too and
+    1 is returned: a process that cannot serve (its database or Redis settings are
+    wrong) fails every other the same way, and whoever runs ``regscan api`` (compose,
+    systemd, the standalone) restarts it."""
     stop = threading.Event()
-    fds = [s.fileno() for s in sockets]
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[int, int | None] = {}  # pid -> exit status once it exited
     try:
         for _ in range(workers):
-            children.append(subprocess.Popen(argv, pass_fds=fds, preexec_fn=dies_with()))
+            children[_fork(serve_one)] = None
         signal.signal(signal.SIGHUP, lambda *_: _tell(children, signal.SIGHUP))
         return _watch(children, stop)
     finally:
@@ -125,31 +127,62 @@ def run_workers(argv: Sequence[str], sockets: Sequence[socket.socket], workers: 
         _stop_all(children)
 
 
-def _watch(children: list[subprocess.Popen[bytes]], stop: threading.Event) -> int:
+def _fork(serve_one: Callable[[], int]) -> int:
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        dies_with(parent)()
+        code = serve_one()
+    except BaseException:
+        log.exception("API process %s failed", os.getpid())
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _reap(children: dict[int, int | None]) -> None:
+    for pid, status in children.items():
+        if status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children[pid] = os.waitstatus_to_exitcode(raw)
+
+
+def _watch(children: dict[int, int | None], stop: threading.Event) -> int:
     while not stop.wait(0.5):
-        for child in children:
-            if child.poll() is not None:
-                log.error(
-                    "API process %s exited (%s); stopping the others", child.pid, child.returncode
-                )
+        _reap(children)
+        for pid, status in children.items():
+            if status is not None:
+                log.error("API process %s exited (%s); stopping the others", pid, status)
                 return 1
     return 0
 
 
-def _tell(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(sig)
+def _tell(children: dict[int, int | None], sig: signal.Signals) -> None:
+    for pid, status in children.items():
+        if status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
 
-def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+def _stop_all(children: dict[int, int | None]) -> None:
+    _reap(children)
     _tell(children, signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and None in children.values():
+        time.sleep(0.1)
+        _reap(children)
+    _tell(children, signal.SIGKILL)
+    for pid, status in children.items():
+        if status is None:
+            os.waitpid(pid, 0)
 
 
 def _config(app: Any, listener: Listener, trusted_proxies: str) -> uvicorn.Config:

@@ -190,6 +190,33 @@ def test_a_token_issued_or_revoked_holds_in_every_process(workers: Workers, api:
             assert refused.status_code == 401 and "revoked" in refused.json()["err"]
 
 
+def test_an_idempotency_key_gives_one_job_whichever_process_answers(
+    workers: Workers, api: Api, pusher: Pusher, registry: RegistryServer, name: str
+):
+    # Given an image in scope
+    pusher.push_image(f"{name}/app", "1.0", {"app": name.encode()})
+    api.set_specs(
+        {"version": "2", "registry": f"http://{registry.host}", "repository": f"{name}/*"}
+    )
+    tag = {"registry": registry.host, "repo": f"{name}/app", "tag": "1.0"}
+    body = {"onDemandScan": True, "tag": tag}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first, second = workers.pids
+
+    # When the same request with one key reaches one process, then the other
+    with workers.only(first):
+        one = _fresh(workers, "POST", f"{V1}/registry/scan", json=body, headers=key, auth=ADMIN)
+    with workers.only(second):
+        two = _fresh(workers, "POST", f"{V1}/registry/scan", json=body, headers=key, auth=ADMIN)
+
+    # Then the second is the first's answer replayed: one job
+    assert one.status_code == two.status_code == 200, two.text
+    assert two.json() == one.json() and two.headers.get("Idempotent-Replayed") == "true"
+    api.wait_job(one.json()["id"])
+
+
+# Last: a process remembers for a while a client it refused for too many failures, so
+# the tests before it must not come after it.
 def test_failed_logins_are_counted_across_the_processes(workers: Workers, stack: Stack):
     redis = Redis.from_url(stack.env["REGSCAN_REDIS_URL"])
     for key in redis.scan_iter(keys.login_failures_of_client("*")):
@@ -209,27 +236,3 @@ def test_failed_logins_are_counted_across_the_processes(workers: Workers, stack:
     finally:
         for key in redis.scan_iter(keys.login_failures_of_client("*")):
             redis.delete(key)
-
-
-def test_an_idempotency_key_gives_one_job_whichever_process_answers(
-    workers: Workers, api: Api, pusher: Pusher, registry: RegistryServer, name: str
-):
-    # Given an image in scope
-    pusher.push_image(f"{name}/app", "1.0", {"app": name.encode()})
-    api.set_specs(
-        {"version": "2", "registry": f"http://{registry.host}", "repository": f"{name}/*"}
-    )
-    body = {"onDemandScan": True, "tag": {"registry": registry.host, "repo": f"{name}/app"}}
-    key = {"Idempotency-Key": uuid.uuid4().hex}
-    first, second = workers.pids
-
-    # When the same request with one key reaches one process, then the other
-    with workers.only(first):
-        one = _fresh(workers, "POST", f"{V1}/registry/scan", json=body, headers=key, auth=ADMIN)
-    with workers.only(second):
-        two = _fresh(workers, "POST", f"{V1}/registry/scan", json=body, headers=key, auth=ADMIN)
-
-    # Then the second is the first's answer replayed: one job
-    assert one.status_code == two.status_code == 200, two.text
-    assert two.json() == one.json() and two.headers.get("Idempotent-Replayed") == "true"
-    api.wait_job(one.json()["id"])
