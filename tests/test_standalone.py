@@ -41,7 +41,7 @@ class Standalone:
         assert self.proc.poll() is None, self.log.read_text()
         try:
             return requests.get(f"http://127.0.0.1:{self.port}/api/v1/_ping", timeout=1).ok
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
             return False
 
 
