@@ -34,7 +34,11 @@ class Standalone:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(self._answers, 60, "the standalone's API")
+        try:
+            wait_for(self._answers, 60, "the standalone's API")
+        except BaseException:
+            stop_process(self.proc, timeout=30)  # a standalone that failed to start is not left
+            raise
         self.children = _children(self.proc.pid)
 
     def _answers(self) -> bool:
