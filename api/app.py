@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from sqlalchemy.orm import Session, sessionmaker
 
 from api import dashboard, errors, health, metrics, openapi
 from api.auth import Authenticator, client_of, ensure_admin
@@ -29,13 +30,14 @@ from api.routes import (
 from api.schemas import Credentials, parse_json_body
 from core.secrets import check_key
 from core.settings import Settings
+from models.db import make_engine, make_sessionmaker
 from scheduler.wiring import wire
 
 # "1", or a dotted release such as "22.06" or "34.04": any of them serves the same API.
 _VERSION = re.compile(r"\d+(?:\.\d+)?")
 
 
-def check_version(version: str) -> None:
+async def check_version(version: str) -> None:
     if not _VERSION.fullmatch(version):
         raise ApiError(
             404,
@@ -44,14 +46,16 @@ def check_version(version: str) -> None:
         )
 
 
-def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
+def create_app(
+    config: Settings, *, schema_head: str | None = None, prepared: bool = False
+) -> FastAPI:
     """The API, the dashboard and the observability endpoints. ``schema_head`` is the
-    newest migration: ``/readyz`` fails while the database is behind it."""
+    newest migration: ``/readyz`` fails while the database is behind it. ``prepared``:
+    :func:`prepare` ran already (the process that started this one did)."""
     wiring = wire(config)
     sessions = wiring.sessions
-    check_key(config)
-    password = config.admin_password.get_secret_value() if config.admin_password else None
-    ensure_admin(sessions, config.admin_user, password)
+    if not prepared:
+        _prepare(config, sessions)
 
     # No /docs or /redoc: they load their scripts from a public CDN. The OpenAPI
     # document itself is served to logged-in users, at /openapi.json.
@@ -91,6 +95,22 @@ def create_app(config: Settings, *, schema_head: str | None = None) -> FastAPI:
     metrics.install(app)
     dashboard.install(app)
     return app
+
+
+def prepare(config: Settings) -> None:
+    """What :func:`create_app` checks and sets up in the database, done once before
+    several API processes start, so that they do not race to create the first admin."""
+    engine = make_engine(config.database_url)
+    try:
+        _prepare(config, make_sessionmaker(engine))
+    finally:
+        engine.dispose()
+
+
+def _prepare(config: Settings, sessions: sessionmaker[Session]) -> None:
+    check_key(config)
+    password = config.admin_password.get_secret_value() if config.admin_password else None
+    ensure_admin(sessions, config.admin_user, password)
 
 
 def authenticate(request: Request, state: State, body: RawBody) -> dict[str, Any]:

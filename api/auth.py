@@ -190,8 +190,7 @@ class Authenticator:
     def _unchanged(self, username: str, password_hash: str) -> bool:
         """Whether a remembered Basic login still holds: its user's password is the same."""
         with self.sessions() as session:
-            user = users.get_user(session, username)
-        return user is not None and user.password_hash == password_hash
+            return users.password_hash_of(session, username) == password_hash
 
     def _login(self, username: str, password: str, client: str, *, challenge: bool) -> User:
         """The user these credentials are good for; 401 otherwise, 429 past the limit."""

@@ -36,7 +36,12 @@ def app_state(request: Request) -> AppState:
     return request.app.state.regscan
 
 
-State = Annotated[AppState, Depends(app_state)]
+async def _state(request: Request) -> AppState:
+    # async: FastAPI runs a plain function on the thread pool, a hop every request pays.
+    return app_state(request)
+
+
+State = Annotated[AppState, Depends(_state)]
 
 
 # What each role is refused, in words for the 403 message.

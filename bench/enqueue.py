@@ -5,10 +5,12 @@ the API path (HTTP, auth, scope check, job and image rows, commit) costs on top 
 Celery publish it ends with. No worker and no registry run: messages pile up in the
 ``regscan.ondemand`` list, and its length proves that every accepted enqueue landed.
 
-    .venv/bin/python bench/enqueue.py [--requests N] [--clients C] [--database sqlite|postgresql]
+    .venv/bin/python bench/enqueue.py [--requests N] [--clients C] [--api-workers W]
+                                      [--database sqlite|postgresql]
 
 Without ``--requests`` the raw phase sends 2000 messages and the API phase 1000; the
-figures compared are per second, so the counts need not match.
+figures compared are per second, so the counts need not match. The API runs as the
+README recommends: ``regscan api`` with one process per core (``--api-workers``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from bench.common import (  # noqa: E402
     run_main,
 )
 from core import tasks  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from core.settings import MAX_API_WORKERS, Settings, usable_cores  # noqa: E402
 from core.tasks import make_celery  # noqa: E402
 from testbed.services import RedisServer, free_port  # noqa: E402
 
@@ -165,8 +167,11 @@ def _api_call(base: str, http: requests.Session) -> Call:
 
 
 @contextlib.contextmanager
-def api_process(database_url: str, redis_url: str, log_path: Path) -> Iterator[str]:
-    """``regscan api`` on a free port; yields its base URL and stops it afterwards."""
+def api_process(
+    database_url: str, redis_url: str, log_path: Path, workers: int = 1
+) -> Iterator[str]:
+    """``regscan api`` with ``workers`` processes on a free port; yields its base URL once
+    every process serves, and stops them afterwards."""
     port = free_port()
     env = {
         "REGSCAN_DATABASE_URL": database_url,
@@ -174,19 +179,24 @@ def api_process(database_url: str, redis_url: str, log_path: Path) -> Iterator[s
         "REGSCAN_ADMIN_USER": ADMIN[0],
         "REGSCAN_ADMIN_PASSWORD": ADMIN[1],
     }
-    with regscan_process(["api", "--port", str(port)], env, log_path) as proc:
+    args = ["api", "--port", str(port), "--workers", str(workers)]
+    with regscan_process(args, env, log_path) as proc:
         base = f"http://127.0.0.1:{port}"
-        _wait_api(proc, base, log_path)
+        _wait_api(proc, base, log_path, workers)
         yield base
 
 
-def _wait_api(proc: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
+def _wait_api(proc: subprocess.Popen[bytes], base: str, log_path: Path, workers: int) -> None:
+    """Until the API answers and each of its processes has said it serves (the first to
+    answer must not take the measured requests alone while the others still start)."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
+        started = log_path.read_text(errors="replace").count("Application startup complete")
         with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{base}/api/v1/_ping", timeout=1).status_code == 200:
+            answered = requests.get(f"{base}/api/v1/_ping", timeout=1).status_code == 200
+            if answered and started >= workers:
                 return
         time.sleep(0.05)
     tail = log_path.read_text(errors="replace")[-2000:]
@@ -216,7 +226,8 @@ def machine_facts(args: argparse.Namespace, db: str, redis: Redis, load: float) 
         f"os: {platform.system()} {platform.machine()}  load before the run: {load:.2f}",
         f"database: {db}  redis: {redis.info('server')['redis_version']} (local, no persistence)",
         f"clients: {args.clients} threads per phase, {args.warmup} warm-up enqueues per phase "
-        "not counted; clients, API and Redis share this machine",
+        f"not counted; API processes: {args.api_workers}; clients, API and Redis share "
+        "this machine",
     ]
 
 
@@ -259,7 +270,8 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack, stop: threading.E
     database_url = open_database(args.database, stack, tmp)
     redis_server = stack.enter_context(RedisServer())
     redis = stack.enter_context(Redis.from_url(redis_server.url))
-    base = stack.enter_context(api_process(database_url, redis_server.url, tmp / "api.log"))
+    serving = api_process(database_url, redis_server.url, tmp / "api.log", args.api_workers)
+    base = stack.enter_context(serving)
     configure_specs(base)
 
     settings = Settings(database_url=database_url, redis_url=redis_server.url)
@@ -291,6 +303,12 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_API_REQUESTS} through the API)",
     )
     p.add_argument("--clients", type=int, default=4, help="client threads (default: 4)")
+    p.add_argument(
+        "--api-workers",
+        type=int,
+        default=usable_cores(),
+        help="API processes (default: the cores, as REGSCAN_API_WORKERS defaults to)",
+    )
     p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--warmup", type=int, default=50, help="uncounted enqueues per phase")
     return p
@@ -300,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.clients < 1 or (args.requests is not None and args.requests < 1):
         _parser().error("--requests and --clients must be at least 1")
+    if not 1 <= args.api_workers <= MAX_API_WORKERS:
+        _parser().error(f"--api-workers must be 1 to {MAX_API_WORKERS}")
     stop = threading.Event()
     # The clients stop before the API and Redis they talk to.
     return run_main(lambda stack: run(args, stack, stop), before_cleanup=stop.set)

@@ -69,6 +69,11 @@ regscan:fair:nudged:<team>         "1" for ondemand_requeue_seconds after a reco
                                    published a spare slot because the team's oldest job
                                    had waited that long (its slot may have been lost);
                                    SET NX EX, so one spare per period cluster-wide.
+regscan:team-active:<team>         an upper bound of the team's on-demand jobs waiting or
+                                   running, so that a scan request need not count them
+                                   in the database: set from that count, added to by
+                                   every admission (scheduler/team_limit.py); TTL
+                                   ``TEAM_ACTIVE_TTL_SECONDS``, then counted again.
 regscan:pull-auth:<job id>         the HTTP Authorization Harbor gave for pulling the image
                                    of that on-demand job (``POST /harbor/api/v1/scan``).
                                    Set by the API before the job is queued, read by the
@@ -103,6 +108,13 @@ def vulndb_retry(location: str) -> str:
 
 FAIR_RING = "regscan:fair:ring"
 FAIR_ACTIVE = "regscan:fair:active"
+
+
+TEAM_ACTIVE_TTL_SECONDS = 5
+
+
+def team_active(team: str) -> str:
+    return f"regscan:team-active:{team}"
 
 
 def fair_team(team: str) -> str:

@@ -14,13 +14,21 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_layer_parallelism() -> int:
     """The cores this process may run on, at least 2."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(2, cores)
+    return max(2, usable_cores())
+
+
+# More API processes than this on one machine is a typing error, not a plan.
+MAX_API_WORKERS = 256
 
 
 class Settings(BaseSettings):
@@ -95,6 +103,13 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8080, description="Port the API serves plain HTTP on.")
+    api_workers: int = Field(
+        default_factory=usable_cores,
+        ge=1,
+        le=MAX_API_WORKERS,
+        description="API processes `regscan api` runs, sharing its ports: each serves "
+        "requests on one core at a time. Default: the cores this process may run on.",
+    )
     trusted_proxies: str = Field(
         default="",
         max_length=4096,

@@ -10,9 +10,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy import true as sql_true
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -125,12 +137,16 @@ def add_items(session: Session, job_id: int, items: Iterable[dict[str, Any]]) ->
 
 
 def add_target(session: Session, job: ScanJob, spec: FoundThrough, ref: ImageRef) -> None:
-    """The one image of a single-image job: discovered as soon as the job exists."""
+    """The one image of a single-image job: discovered as soon as the job exists. A job
+    made with ``images_total=1`` and ``discovered_at`` (as on-demand jobs are) costs
+    one INSERT here and nothing else: every on-demand request pays for this."""
     fields = item_fields(spec, ref.repo, ref.tag, ref.digest)
-    session.add(ImageScan(job_id=job.id, status=ItemStatus.PENDING, **fields))
-    job.images_total = 1
-    job.discovered_at = utcnow()
-    session.flush()
+    row = {"job_id": job.id, "status": ItemStatus.PENDING, **fields}
+    session.execute(insert(cast(Table, ImageScan.__table__)), row)
+    if job.images_total != 1 or job.discovered_at is None:
+        job.images_total = 1
+        job.discovered_at = utcnow()
+        session.flush()
 
 
 def set_total(session: Session, job_id: int, *, discovered: bool = True) -> None:

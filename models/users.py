@@ -37,6 +37,11 @@ def get_user(session: Session, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username))
 
 
+def password_hash_of(session: Session, username: str) -> str | None:
+    """The stored hash of a user's password; None for no such user."""
+    return session.scalar(select(User.password_hash).where(User.username == username))
+
+
 def put_user(session: Session, username: str, password_hash: str, role: str = "admin") -> User:
     user = get_user(session, username)
     if user is None:

@@ -5,14 +5,16 @@ commands of :mod:`regscan.client` (login, scan, stop, jobs, status, results)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
 import sys
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from core import logs
-from core.settings import Settings, get_settings
+from core.settings import MAX_API_WORKERS, Settings, get_settings
 from core.tasks import QUEUES as QUEUE_NAMES
 from regscan.client import commands as client_commands
 from regscan.client.api import ClientError
@@ -64,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="HTTPS port, served when REGSCAN_TLS_CERT_FILE and REGSCAN_TLS_KEY_FILE are set "
         "(default: REGSCAN_API_TLS_PORT)",
+    )
+    api.add_argument(
+        "--workers",
+        type=_api_workers,
+        help="API processes sharing the ports (default: REGSCAN_API_WORKERS, the cores)",
     )
     api.set_defaults(func=cmd_api)
 
@@ -133,19 +140,65 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _api_workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_API_WORKERS:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {MAX_API_WORKERS}")
+    return value
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    _require_schema(settings)
+    listeners = _listeners(args, settings)
+    workers = args.workers or settings.api_workers
+    if workers == 1:
+        return _serve_api(settings, listeners, None)
+    return _run_api_workers(settings, listeners, workers)
+
+
+def _serve_api(
+    settings: Settings,
+    listeners: list[Listener],
+    sockets: list[socket.socket] | None,
+    *,
+    prepared: bool = False,
+) -> int:
     from api.app import create_app
     from regscan.db import newest_revision
     from regscan.serve import serve
 
-    _require_schema(settings)
-    listeners = _listeners(args, settings)
     try:
-        app = create_app(settings, schema_head=newest_revision())
+        app = create_app(settings, schema_head=newest_revision(), prepared=prepared)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
-    serve(app, listeners, trusted_proxies=settings.trusted_proxies.strip())
+    serve(app, listeners, trusted_proxies=settings.trusted_proxies.strip(), sockets=sockets)
     return 0
+
+
+def _run_api_workers(settings: Settings, listeners: list[Listener], workers: int) -> int:
+    """Check the database once, bind the ports here, then run ``workers`` API processes
+    on them."""
+    from api.app import prepare
+    from regscan.serve import bind, run_workers
+
+    try:
+        prepare(settings)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        sockets = [bind(listener) for listener in listeners]
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    served = ", ".join(f"{'https' if li.tls else 'http'}://{li.host}:{li.port}" for li in listeners)
+    logging.getLogger("regscan.api").info("%d API processes serving %s", workers, served)
+    try:
+        return run_workers(lambda: _serve_api(settings, listeners, sockets, prepared=True), workers)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _listeners(args: argparse.Namespace, settings: Settings) -> list[Listener]:

@@ -14,7 +14,6 @@ self-signed one made on first start beside the key file (``regscan-tls.crt`` and
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
@@ -24,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
@@ -33,9 +32,9 @@ from core.secrets import load_or_create_key_file
 from core.settings import Settings
 from regscan import certificate
 from regscan.db import upgrade
+from regscan.processes import dies_with
 
 STARTUP_SECONDS = 30.0
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 # Asked to stop: Ctrl-C, SIGTERM, or SIGHUP (the terminal running us was closed).
@@ -143,7 +142,7 @@ def _start_redis(state: Path) -> tuple[subprocess.Popen[bytes], str]:
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     argv += ["--appendonly", "yes", "--dir", str(workdir), "--logfile", f"{workdir}/redis.log"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, preexec_fn=_dies_with(os.getpid()))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, preexec_fn=dies_with())
     url = f"redis://127.0.0.1:{port}/0"
     _wait_for_port(port, [proc])
     return proc, url
@@ -166,22 +165,7 @@ def _start_services(
 
 def _spawn(argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # A process group of their own: Ctrl-C reaches only us, and we stop them in order.
-    return subprocess.Popen(
-        argv, env=env, start_new_session=True, preexec_fn=_dies_with(os.getpid())
-    )
-
-
-def _dies_with(parent: int) -> Callable[[], None]:
-    """Run in the child before it starts: the kernel sends it SIGTERM when we die, however
-    we die (SIGKILL included), so no child outlives the standalone and holds its ports."""
-
-    def arrange() -> None:
-        if sys.platform == "linux":
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # we died before the line above took effect
-            os._exit(1)
-
-    return arrange
+    return subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=dies_with())
 
 
 def _announce(

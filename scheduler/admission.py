@@ -30,6 +30,7 @@ from models import image_scans, jobs
 from models.db import transaction
 from models.image_scans import item_fields
 from models.jobs import JobKind, ScanJob
+from scheduler import team_limit
 from scheduler.errors import (
     Busy,
     NoSpecifications,
@@ -187,7 +188,7 @@ class Admission:
                 except OutOfScope as exc:
                     answers.append(exc)
                     continue
-                job = jobs.create_job(session, JobKind.ON_DEMAND, requester, target=ref.as_target())
+                job = jobs.create_on_demand(session, requester, ref.as_target())
                 image_scans.add_target(session, job, spec, ref)
                 answers.append(job)
         queued = [job for job in answers if isinstance(job, ScanJob)]
@@ -212,8 +213,10 @@ class Admission:
     def _check_team_limit(self, session: Session, team: str, adding: int) -> None:
         """A team may have so many on-demand scans waiting or running, no more."""
         limit = self.settings.team_ondemand_limit
-        waiting = jobs.active_on_demand(session, team)
-        if waiting + adding > limit:
+        admitted, waiting = team_limit.within_limit(
+            self.redis, team, adding, limit, lambda: jobs.active_on_demand(session, team)
+        )
+        if not admitted:
             raise TeamOverLimit(
                 f"team {team or '(none)'} has {waiting} on-demand scans waiting or running; "
                 f"the limit is {limit} per team, so {adding} more cannot be queued now. "

@@ -57,6 +57,9 @@ FAST_TIMINGS = {
     "REGSCAN_VULNDB_OSV_URL": "",
     # Workers' counters reach /metrics quickly.
     "REGSCAN_METRICS_FLUSH_SECONDS": "0.5",
+    # One API process, as tests look at the API's own process (its memory, its pid);
+    # tests of several processes ask for them.
+    "REGSCAN_API_WORKERS": "1",
 }
 
 
@@ -177,7 +180,9 @@ class Stack:
     def _api_up(self) -> bool:
         return _answers(self.api)
 
-    def start_another_api(self, name: str, env: dict[str, str] | None = None) -> Api:
+    def start_another_api(
+        self, name: str, env: dict[str, str] | None = None, timeout: float = 30
+    ) -> Api:
         """A second API process on the same database and Redis, on a port of its own,
         with ``env`` added to (or overriding) the stack's environment; its admin client."""
         port = free_port()
@@ -186,7 +191,7 @@ class Stack:
             env = {"REGSCAN_API_TLS_PORT": str(free_port()), **(env or {})}
         self._spawn(name, "api", "--port", str(port), env=env)
         client = Api(f"http://127.0.0.1:{port}")
-        wait_for(lambda: _answers(client), 30, f"API {name} to answer")
+        wait_for(lambda: _answers(client), timeout, f"API {name} to answer")
         return client
 
     def start_worker(
@@ -259,5 +264,5 @@ class Stack:
 def _answers(api: Api) -> bool:
     try:
         return api.get("/api/v1/_ping", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
         return False

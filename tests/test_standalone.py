@@ -20,9 +20,10 @@ pytestmark = pytest.mark.e2e
 
 
 class Standalone:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, settings: dict[str, str] | None = None) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGSCAN_")}
+        env.update(settings or {})
         self.log = workdir / "standalone.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -33,14 +34,18 @@ class Standalone:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(self._answers, 60, "the standalone's API")
+        try:
+            wait_for(self._answers, 60, "the standalone's API")
+        except BaseException:
+            stop_process(self.proc, timeout=30)  # a standalone that failed to start is not left
+            raise
         self.children = _children(self.proc.pid)
 
     def _answers(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
         try:
             return requests.get(f"http://127.0.0.1:{self.port}/api/v1/_ping", timeout=1).ok
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up, or still starting
             return False
 
 
@@ -54,6 +59,10 @@ def standalone(tmp_path: Path) -> Iterator[Standalone]:
         for pid in started.children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def _children(pid: int) -> list[int]:
@@ -93,3 +102,44 @@ def test_its_children_stop_by_themselves_when_it_is_killed(standalone: Standalon
     wait_for(lambda: not any(_alive(p) for p in standalone.children), 60, "every child to exit")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{standalone.port}/api/v1/_ping", timeout=1)
+
+
+def test_its_api_runs_several_processes_that_stop_with_it(tmp_path: Path):
+    # Given the standalone told to run two API processes
+    started = Standalone(tmp_path, {"REGSCAN_API_WORKERS": "2"})
+    try:
+        [api] = [p for p in started.children if " api " in _command_line(p)]
+        serving = wait_for(lambda: len(_children(api)) == 2 and _children(api), 60, "2 processes")
+
+        # Then each of them answers on the API's port alone (the other paused)
+        for pid in serving:
+            other = next(p for p in serving if p != pid)
+            os.kill(other, signal.SIGSTOP)
+            try:
+                wait_for(lambda: _pings(started.port), 60, f"API process {pid} to answer")
+            finally:
+                os.kill(other, signal.SIGCONT)
+
+        # When the standalone is killed outright, they stop too, and the port is free
+        started.proc.kill()
+        started.proc.wait()
+        everything = started.children + serving
+        wait_for(lambda: not any(_alive(p) for p in everything), 60, "every process to exit")
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{started.port}/api/v1/_ping", timeout=1)
+    finally:
+        stop_process(started.proc, timeout=30)
+        for pid in started.children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pings(port: int) -> bool:
+    """An answer on a new connection (a kept one would stay with one process)."""
+    try:
+        r = requests.get(
+            f"http://127.0.0.1:{port}/api/v1/_ping", headers={"Connection": "close"}, timeout=2
+        )
+    except requests.RequestException:
+        return False
+    return r.status_code == 200

@@ -144,3 +144,45 @@ def test_stop_flags_the_running_scan_and_leaves_waiting_ones_in_line(scheduling:
     assert scheduling.redis.exists(keys.stop_flag(running.id))
     with scheduling.sessions() as session:
         assert session.get_one(ScanJob, waiting.id).status is JobStatus.QUEUED
+
+
+def test_the_team_limit_holds_across_api_processes_without_counting_every_request(
+    scheduling: Scheduling,
+):
+    # Given two API processes on one database and Redis (limit 3 per team)
+    other = scheduling.recovery_of_another_worker().admission
+    first = scheduling.admission.request_on_demand(image(tag="1"), caller("team-a"))
+
+    # When the team's scans are asked for through either process
+    other.request_on_demand(image(tag="2"), caller("team-a"))
+    scheduling.admission.request_on_demand(image(tag="3"), caller("team-a"))
+
+    # Then the bound they share in Redis counts all three, and the fourth is refused
+    # with the database's count, whichever process it reaches
+    assert int(scheduling.redis.get(keys.team_active("team-a")) or 0) == 3
+    for admission in (other, scheduling.admission):
+        with pytest.raises(TeamOverLimit, match="has 3 on-demand scans waiting or running"):
+            admission.request_on_demand(image(tag="4"), caller("team-a"))
+
+    # And once a scan ended, the bound (still 3) does not refuse what the database allows
+    with transaction(scheduling.sessions) as session:
+        finish_job(session, first.id, None, JobStatus.COMPLETED)
+    other.request_on_demand(image(tag="5"), caller("team-a"))
+    assert int(scheduling.redis.get(keys.team_active("team-a")) or 0) == 3
+
+
+def test_the_team_limit_is_counted_in_the_database_when_redis_lost_the_bound(
+    scheduling: Scheduling,
+):
+    # Given a team at its limit, and a Redis that lost everything (restart, eviction)
+    for n in range(3):
+        scheduling.admission.request_on_demand(image(tag=str(n)), caller("team-a"))
+    scheduling.forget_redis()
+
+    # When the team asks for one more, the database's count still refuses it
+    with pytest.raises(TeamOverLimit, match="has 3 on-demand scans"):
+        scheduling.admission.request_on_demand(image(tag="x"), caller("team-a"))
+
+    # And the bound starts again from that count, with a time to live
+    assert int(scheduling.redis.get(keys.team_active("team-a")) or 0) == 3
+    assert 0 < scheduling.redis.ttl(keys.team_active("team-a")) <= keys.TEAM_ACTIVE_TTL_SECONDS
