@@ -738,14 +738,14 @@ def import_export(sessions: sessionmaker[Session], path: Path) -> tuple[int, flo
 Matcher = Callable[[], tuple[int | None, int | None]]
 
 
-def in_process_matcher(sessions: sessionmaker[Session], batch: int) -> Matcher:
+def in_process_matcher(sessions: sessionmaker[Session], batch: int, versions: int) -> Matcher:
     """The chain the Celery task runs, without Celery: batches until one says nothing is
     left, just as ``worker.rematch.rematch_next`` stops publishing the next one."""
 
     def run() -> tuple[int | None, int | None]:
         matched = written = 0
         while True:
-            counts = rematch_batch(sessions, batch)
+            counts = rematch_batch(sessions, batch, versions)
             matched += counts.versions_matched
             # Finding rows replaced, package versions matched, images linked or counted.
             written += counts.findings_written + counts.versions_matched
@@ -1135,7 +1135,7 @@ def make_matcher(
     tmp: Path,
 ) -> Matcher:
     if not celery:
-        return in_process_matcher(sessions, batch)
+        return in_process_matcher(sessions, batch, Settings().rematch_versions)
     redis_server = stack.enter_context(RedisServer())
     settings = Settings(database_url=database_url, redis_url=redis_server.url)
     redis = stack.enter_context(Redis.from_url(redis_server.url))
@@ -1166,7 +1166,8 @@ def _run_facts(
         f"{registry_version()} on 127.0.0.1",
         f"A: {len(pushed) - 1} images ({packages:.0f} packages each on average), one process, "
         "a new client per image; base layer cached, own layer downloaded and analysed",
-        f"B to E: rematch_batch in batches of {batch}, {how}, one at a time; "
+        f"B to E: rematch_batch in batches of {batch} images and "
+        f"{Settings().rematch_versions} package versions, {how}, one at a time; "
         f"{stored.packages / stored.images:.0f} packages per image on average; records naming "
         f"an image's packages: mean {mean:.0f}, median {candidates[len(candidates) // 2]}, "
         f"max {candidates[-1]}",
@@ -1180,9 +1181,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scan-images", type=int, default=DEFAULT_SCAN_IMAGES, help="images re-scanned in A"
     )
     p.add_argument("--records", type=int, default=DEFAULT_RECORDS, help="OSV records imported")
-    p.add_argument(
-        "--batch", type=int, default=None, help="package versions (images) per re-match batch"
-    )
+    p.add_argument("--batch", type=int, default=None, help="images linked per re-match batch")
     p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--celery", action="store_true", help="match through a real worker")
     return p

@@ -264,8 +264,14 @@ class Settings(BaseSettings):
     rematch_batch: int = Field(
         default=200,
         gt=0,
-        description="Package versions matched again, and images linked to theirs, per "
-        "re-match task when the vulnerability data changed.",
+        description="Images linked to their package versions per re-match task.",
+    )
+    rematch_versions: int = Field(
+        default=2000,
+        gt=0,
+        description="Package versions matched again per re-match task when the "
+        "vulnerability data changed: each task then updates the counts of every image "
+        "holding them at once, so fewer, larger tasks rewrite each image fewer times.",
     )
 
     log_format: Literal["text", "json"] = Field(

@@ -301,11 +301,14 @@ def refresh(sessions: sessionmaker[Session], pv_ids: Sequence[int]) -> RematchCo
     return counts
 
 
-def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
+def rematch_batch(
+    sessions: sessionmaker[Session], limit: int, versions: int | None = None
+) -> RematchCounts:
     """One transaction's worth of bringing the stored findings up to the data: up to
-    ``limit`` package versions that the changes since the findings were last all
-    current name are matched again, and up to ``limit`` images never linked are linked.
-    Once none is left, the findings are current at the data's generation.
+    ``versions`` (default ``limit``) package versions that the changes since the
+    findings were last all current name are matched again, and up to ``limit`` images
+    never linked are linked. Once none is left, the findings are current at the data's
+    generation.
 
     A package version's findings depend only on the records naming it, so those the
     changes do not name are left as they are, whatever number of images hold them.
@@ -317,13 +320,14 @@ def rematch_batch(sessions: sessionmaker[Session], limit: int) -> RematchCounts:
         caught_up = vuln_records.findings_generation(session)
         memo = memo_for(generation)
         due: list[int] = []
+        versions = versions or limit
         if caught_up < generation:
-            due = _due(session, generation, caught_up, memo, limit)
+            due = _due(session, generation, caught_up, memo, versions)
             _refresh(session, due, generation, memo, counts)
         unlinked = findings.unlinked_images(session, limit)
         link_images(session, unlinked, generation, memo)
         counts.linked = len(unlinked)
-        counts.more = len(due) >= limit or len(unlinked) >= limit
+        counts.more = len(due) >= versions or len(unlinked) >= limit
         if not counts.more and caught_up < generation:
             vuln_records.set_findings_generation(session, generation)
     return counts
@@ -371,7 +375,7 @@ def _refresh(
 
 def rematch_next(rt: Runtime) -> None:
     """One batch of the re-match chain; the next batch is published while work remains."""
-    done = rematch_batch(rt.sessions, rt.settings.rematch_batch)
+    done = rematch_batch(rt.sessions, rt.settings.rematch_batch, rt.settings.rematch_versions)
     if done.work:
         log.info(
             "brought findings up to the vulnerability data: %s package versions matched "
