@@ -48,7 +48,7 @@ from testbed.tls import ServerCertificate, TestCA
 
 # Fixtures that run the API and workers as processes (``keyed`` is test_credentials'
 # stack with a secret key): a test using one, directly or through another, is ``e2e``.
-PROCESS_STACK_FIXTURES = frozenset({"stack", "api", "db", "keyed"})
+PROCESS_STACK_FIXTURES = frozenset({"stack", "api", "db", "keyed", "outage"})
 # Fixtures built by a compiler or installed by a package manager: the Go builds take
 # about 15 s on a cold build cache, npm needs its registry. A test using one is ``slow``.
 BUILT_FIXTURES = frozenset({"go_binaries", "go_semver", "node_semver"})

@@ -40,6 +40,7 @@ def test_the_api_runs_one_process_per_core_unless_told_otherwise():
     assert Settings(api_workers=3).api_workers == 3
 
 
+@pytest.mark.e2e  # runs the command: about a second each
 @pytest.mark.parametrize("value", ["0", "-2", str(MAX_API_WORKERS + 1), "two", "1.5", ""])
 def test_a_bad_worker_count_is_refused_with_the_variable_named(value: str):
     # The settings object refuses it ...
@@ -53,6 +54,7 @@ def test_a_bad_worker_count_is_refused_with_the_variable_named(value: str):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e  # runs the command
 @pytest.mark.parametrize("value", ["0", str(MAX_API_WORKERS + 1), "many"])
 def test_a_bad_workers_option_is_refused_by_the_command(value: str):
     result = _regscan(["api", "--workers", value], {})

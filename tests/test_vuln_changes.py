@@ -190,6 +190,7 @@ def test_changes_every_image_is_past_are_forgotten(sessions: sessionmaker[Sessio
     assert logged() == 0
 
 
+@pytest.mark.slow  # stores 2,000 images: about 20 s per backend
 def test_a_change_to_a_package_thousands_of_images_hold_matches_one_package_version_again(
     sessions: sessionmaker[Session], tmp_path: Path
 ):
