@@ -158,7 +158,7 @@ def _scan_items(
                 writer.add(Outcome(item, ItemStatus.FAILED, error=str(exc)))
             else:
                 writer.add(Outcome(item, ItemStatus.DONE, found=found))
-                log.debug("image_scan=%s scanned: %d platform images", item.id, len(found))
+                log.info("image_scan=%s scanned: %d platform images", item.id, len(found))
         if writer.due() and not writer.flush(holding=items[n + 1 :]):
             return  # the sweep was taken over: what is left is the new holder's
     writer.flush(holding=[])
