@@ -231,6 +231,7 @@ def rpm_vercmp(pairs: Sequence[tuple[str, str]]) -> list[int]:
     return results
 
 
+@pytest.mark.slow  # over 12,000 pairs through rpm's own comparison
 def test_rpm_agrees_with_rpm_vercmp() -> None:
     rng = random.Random(2)
     every = _rpm_versions(rng)
@@ -690,6 +691,7 @@ def test_every_scheme_has_a_strategy() -> None:
     assert set(STRATEGIES) == set(SCHEMES)
 
 
+@pytest.mark.slow  # 300 generated examples per scheme: seconds each
 @pytest.mark.parametrize("scheme", SCHEMES)
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(data=st.data())
