@@ -27,7 +27,7 @@ from testbed.proxy import FaultProxy
 from testbed.services import RegistryServer, free_port
 from testbed.stack import ADMIN, Api, Stack
 from tests.test_inventory import dist_info
-from tests.test_vulns import HIGH_V3, Ids, cvss, hit, osv_record, write_records
+from tests.test_vulns import HIGH_V3, Ids, cvss, hit, import_cli, osv_record, write_records
 
 # The CLI is a client of the HTTP API: what it shows does not depend on the database.
 pytestmark = pytest.mark.sqlite_only
@@ -226,13 +226,7 @@ def vulnerable(
         ),
     ]
     folder = write_records(tmp_path / "osv", records)
-    imported = subprocess.run(
-        [sys.executable, "-m", "regscan.cli", "vulndb", "import", str(folder)],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    imported = import_cli(stack, folder)
     assert imported.returncode == 0, imported.stderr
     repo = f"{name}/py"
     pusher.push_image(repo, "1", dist_info(i.pkg("requests"), "2.31.0"))

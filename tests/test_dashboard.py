@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from testbed.proxy import FaultProxy
 from testbed.services import RegistryServer
 from testbed.stack import ADMIN, Api, Stack, wait_for
 from tests.test_inventory import dist_info
-from tests.test_vulns import HIGH_V3, Ids, cvss, hit, osv_record, write_records
+from tests.test_vulns import HIGH_V3, Ids, cvss, hit, import_cli, osv_record, write_records
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -206,13 +204,7 @@ def vulnerable(
         severity=cvss("CVSS_V3", HIGH_V3),
     )
     folder = write_records(tmp_path, [record])
-    imported = subprocess.run(
-        [sys.executable, "-m", "regscan.cli", "vulndb", "import", str(folder)],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    imported = import_cli(stack, folder)
     assert imported.returncode == 0, imported.stderr
     repo = f"{name}/py"
     pusher.push_image(repo, "1", dist_info(i.pkg("requests"), "2.31.0"))

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from testbed.images import Pusher
 from testbed.services import RegistryServer
 from testbed.stack import Api, Stack
+from tests.test_vulns import import_cli
 
 
 def dist_info(name: str, version: str) -> dict[str, bytes]:
@@ -42,13 +41,7 @@ def dpkg(source: str) -> bytes:
 def import_record(stack: Stack, folder: Path, record: dict) -> None:
     path = folder / f"{record['id']}.json"
     path.write_text(json.dumps(record))
-    done = subprocess.run(
-        [sys.executable, "-m", "regscan.cli", "vulndb", "import", str(path)],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = import_cli(stack, path)
     assert done.returncode == 0, done.stderr
 
 

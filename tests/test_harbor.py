@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from testbed.images import Pusher
 from testbed.services import RegistryServer
 from testbed.stack import Api, Stack, wait_for
 from tests.test_credentials import TokenServer
+from tests.test_exports import import_record
 
 SPEC = yaml.safe_load(
     (Path(__file__).parent / "fixtures/harbor/scanner-adapter-openapi-v1.2.yaml").read_text()
@@ -99,19 +98,6 @@ def harbor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HarborRegistry]
             yield HarborRegistry(registry, tokens, Pusher(open_registry.url))
     finally:
         tokens.close()
-
-
-def import_record(stack: Stack, folder: Path, record: dict[str, Any]) -> None:
-    path = folder / f"{record['id']}.json"
-    path.write_text(json.dumps(record))
-    done = subprocess.run(
-        [sys.executable, "-m", "regscan.cli", "vulndb", "import", str(path)],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 @dataclass
